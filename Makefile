@@ -1,0 +1,41 @@
+# The two commands of the README: `make demo` runs the whole path on embedded defaults,
+# `make test` runs lint, types and the whole test suite. Both create/reuse .venv.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint typecheck unit system-deps bench dashboards clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch pinned to the CPU build first; the package's looser range then keeps it.
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+system-deps:
+	scripts/system-deps.sh
+
+demo: $(STAMP)
+	$(BIN)/latentwatch demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -m "not kafka and not postgres and not prometheus and not browser"
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/detection.py
+	$(BIN)/python bench/scoring.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
