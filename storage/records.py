@@ -1,0 +1,80 @@
+"""What the stream consumer hands to storage: flagged records and the model versions that
+scored them. Storage owns these input types so that the consumer depends on storage, never the
+other way round."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+# Float fields that must be numbers: SQLite stores NaN as NULL (violating NOT NULL) while
+# PostgreSQL accepts it, so a NaN would behave differently per engine. Infinity is allowed.
+_NUMBER_FIELDS = (
+    "score",
+    "severity",
+    "p_value",
+    "density",
+    "density_p_value",
+    "reconstruction",
+    "reconstruction_p_value",
+    "cluster_distance",
+)
+
+
+@dataclass(frozen=True)
+class FlaggedRecord:
+    """One record the detector flagged. (topic, partition, offset) identifies it: writing the
+    same record twice (a Kafka redelivery) stores it once. Scores follow the project convention:
+    higher = more anomalous; ``score``, ``density`` and ``reconstruction`` are in nats."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None  # Kafka message key, decoded as UTF-8 (None if absent)
+    record_id: str | None  # value of the model's id column, if any
+    event_time: datetime | None  # timezone-aware (record timestamp)
+    scored_time: datetime  # timezone-aware
+    model_version: str  # content-hash version id of the model, e.g. "3f9a1c2b7d10"
+    score: float  # combined anomaly score, nats
+    severity: float  # 0..100
+    p_value: float
+    density: float  # latent negative log-density, nats
+    density_p_value: float
+    reconstruction: float  # reconstruction error, nats
+    reconstruction_p_value: float
+    cluster: int  # nearest reference cluster
+    cluster_distance: float  # Mahalanobis distance to that cluster's centre
+    top_feature: str | None  # name of the feature contributing most (for filtering)
+    # JSON-able, plain Python types only (no numpy scalars, no NaN):
+    # {"features": [{"name", "actual", "expected", "contribution"}...], "latent": [...],
+    #  "latent_2d": [x, y]}
+    explanation: Mapping[str, Any]
+    record: Mapping[str, Any]  # the original record as JSON
+
+    def __post_init__(self) -> None:
+        # A naive time cannot be compared with stored UTC times; fail where the bug is made.
+        for name in ("event_time", "scored_time"):
+            value = getattr(self, name)
+            if value is not None and value.utcoffset() is None:
+                raise ValueError(
+                    f"FlaggedRecord.{name} is a naive datetime ({value.isoformat()}): "
+                    "pass a timezone-aware one, e.g. datetime.now(UTC)"
+                )
+        for name in _NUMBER_FIELDS:
+            if math.isnan(getattr(self, name)):
+                raise ValueError(
+                    f"FlaggedRecord.{name} is NaN for {self.topic}[{self.partition}]"
+                    f"@{self.offset}: storage accepts numbers (or infinity) only"
+                )
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A model the consumer scored with. ``version`` is the content hash of the model, so the
+    manifest of a version never changes; storage records when the version was first/last seen."""
+
+    version: str
+    manifest: Mapping[str, Any]

@@ -1,0 +1,116 @@
+"""Pure checks on the storage input types and the retention age parser (no database)."""
+
+from __future__ import annotations
+
+import doctest
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+import storage.repository
+from storage.database import dumps_json
+from storage.records import FlaggedRecord, ModelVersion
+from storage.repository import UnstorableRecordError, check_storable, parse_age
+
+MakeRecord = Callable[..., FlaggedRecord]
+
+
+@pytest.mark.parametrize("name", ["scored_time", "event_time"])
+def test_a_naive_time_is_refused_where_the_record_is_made(record: MakeRecord, name: str) -> None:
+    with pytest.raises(ValueError, match=f"FlaggedRecord.{name} is a naive datetime"):
+        record(1, **{name: datetime(2026, 11, 1, 12, 0)})
+
+
+def test_nan_scores_are_refused_but_infinity_is_kept(record: MakeRecord) -> None:
+    with pytest.raises(ValueError, match=r"FlaggedRecord.p_value is NaN for payments\[0\]@7"):
+        record(7, p_value=float("nan"))
+    assert record(7, score=float("inf")).score == float("inf")
+
+
+def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
+    assert (
+        dumps_json(MappingProxyType({"a": MappingProxyType({"b": [1.5]})})) == '{"a":{"b":[1.5]}}'
+    )
+    with pytest.raises(ValueError, match="Out of range float values"):
+        dumps_json({"a": float("nan")})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"explanation": {"latent": [object()]}}, "explanation is not storable as JSON"),
+        ({"explanation": {"latent": [float("nan")]}}, "explanation is not storable as JSON"),
+        ({"record": {"amount": float("inf")}}, "record is not storable as JSON"),
+        ({"record": {"note": "a\x00b"}}, "record contains a NUL character"),
+        ({"key": "a\x00b"}, "key contains a NUL character"),
+        ({"record_id": "\ud800"}, "record_id is not valid Unicode"),
+        ({"record": {"name": "\udc80"}}, "record is not valid Unicode"),
+        ({"topic": "t" * 256}, "topic is longer than 255 characters"),
+        ({"model_version": "v" * 65}, "model_version is longer than 64 characters"),
+    ],
+    ids=[
+        "object",
+        "nan",
+        "infinity",
+        "nul-json",
+        "nul-text",
+        "surrogate",
+        "surrogate-json",
+        "long-topic",
+        "long-version",
+    ],
+)
+def test_unstorable_records_are_named(
+    record: MakeRecord, change: dict[str, Any], reason: str
+) -> None:
+    """What PostgreSQL would refuse (failing the batch again on every retry) is refused up front
+    on both engines, with the record attached so the consumer can dead-letter it."""
+    bad = record(3, **change)
+    with pytest.raises(UnstorableRecordError) as error:
+        check_storable([record(1), bad, record(4)])
+    assert error.value.record is bad
+    assert str(error.value).startswith(f"flagged record {bad.topic[:255]!r}[0]@3: {reason}")
+
+
+def test_text_that_only_looks_like_an_escaped_nul_is_storable(record: MakeRecord) -> None:
+    check_storable([record(1, record={"path": "C:\\u0000"}, key="\\u0000")])
+
+
+def test_an_unstorable_manifest_is_named() -> None:
+    with pytest.raises(UnstorableRecordError, match="manifest of model version 'ffff00001111'"):
+        check_storable([], [ModelVersion("ffff00001111", {"threshold": float("nan")})])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("45s", timedelta(seconds=45)),
+        ("10m", timedelta(minutes=10)),
+        ("36h", timedelta(hours=36)),
+        ("30d", timedelta(days=30)),
+        ("2w", timedelta(weeks=2)),
+        (" 7d ", timedelta(days=7)),
+    ],
+)
+def test_parse_age(text: str, expected: timedelta) -> None:
+    assert parse_age(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "30", "d", "-1d", "1.5h", "0d", "30 days", "30D", "1y", "\u0663d", "9999999999999d"],
+)
+def test_parse_age_names_the_bad_value_and_the_accepted_form(text: str) -> None:
+    with pytest.raises(ValueError) as error:
+        parse_age(text)
+    assert str(error.value) == (
+        f"invalid age {text!r}: expected a positive whole number followed by "
+        "s, m, h, d or w (seconds, minutes, hours, days, weeks), e.g. 30d or 12h"
+    )
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(storage.repository).failed == 0
