@@ -54,6 +54,7 @@ def _sha256(path: Path) -> str:
 def _arrays(detector: Detector) -> dict[str, np.ndarray]:
     out = {
         "variances": detector.variances,
+        "cluster_shares": detector.cluster_shares,
         "mixture.weights": detector.mixture.weights,
         "mixture.means": detector.mixture.means,
         "mixture.precision_cholesky": detector.mixture.precision_cholesky,
@@ -226,6 +227,7 @@ def _rebuild(
             precision_cholesky=arrays["mixture.precision_cholesky"],
         ),
         variances=arrays["variances"],
+        cluster_shares=arrays["cluster_shares"],
         calibrations=calibrations,
         latent_map=LatentMap(
             mean=arrays["latent_map.mean"], components=arrays["latent_map.components"]

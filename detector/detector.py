@@ -77,6 +77,7 @@ class Detector:
     vae: VAE
     mixture: ReferenceMixture
     variances: np.ndarray  # per encoded column
+    cluster_shares: np.ndarray  # share of reference codes nearest to each cluster (drift baseline)
     calibrations: Calibrations
     latent_map: LatentMap
     config: DetectorConfig
@@ -107,8 +108,10 @@ class Detector:
         vae_config = VAEConfig.for_features(len(schema.fields), schema.width)
         vae, summary = train_vae(vae_config, rows[fit], rows[hold], config.training, progress)
         latent, recon = _forward(vae, rows)
-        variances = residual_variances(rows[fit], recon[fit])
+        variances = residual_variances(rows[fit], recon[fit], rows[hold], recon[hold])
         mixture = fit_mixture(latent[fit], config.max_components, config.training.seed)
+        _, nearest, _ = mixture.assess(latent[fit])
+        shares = np.bincount(nearest, minlength=mixture.n_components) / len(nearest)
 
         density, _, _ = mixture.assess(latent[hold])
         contrib = field_contributions(schema, rows[hold], recon[hold], variances, missing[hold])
@@ -134,6 +137,7 @@ class Detector:
             vae,
             mixture,
             variances,
+            shares,
             calibrations,
             fit_latent_map(latent[fit]),
             config,

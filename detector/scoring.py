@@ -59,10 +59,21 @@ class ScoreBatch:
         return len(self.score)
 
 
-def residual_variances(matrix: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
-    """Per-column mean squared residual of normal rows, floored."""
-    var = np.mean((reconstruction.astype(np.float64) - matrix) ** 2, axis=0)
-    return np.maximum(var, MIN_RESIDUAL_VARIANCE)
+def residual_variances(
+    fit_rows: np.ndarray,
+    fit_reconstruction: np.ndarray,
+    holdout_rows: np.ndarray,
+    holdout_reconstruction: np.ndarray,
+) -> np.ndarray:
+    """Per-column residual variances of normal rows, floored.
+
+    The shape across columns comes from the (many) rows the VAE was fitted on; one scale factor
+    from the held-out rows corrects for the fit being optimistic about its own rows, so that a
+    held-out normal record costs about half a nat per column, as a calibrated Gaussian would.
+    """
+    shape = np.maximum(np.mean((fit_reconstruction - fit_rows) ** 2, axis=0), MIN_RESIDUAL_VARIANCE)
+    held_out = np.mean((holdout_reconstruction - holdout_rows) ** 2 / shape)
+    return shape * max(float(held_out), 1.0)
 
 
 def field_contributions(

@@ -64,23 +64,25 @@ def train(
     """Fit the feature encoding, VAE, reference clusters and calibration; save a model."""
     from dataclasses import replace
 
-    import torch
-
-    from detector.artifact import save
-    from detector.detector import Detector, DetectorConfig
-    from detector.schema import SchemaOptions
-    from detector.training import TrainingConfig
     from latentwatch.datafiles import read_table
-    from latentwatch.progress import training_progress
 
     if not 0.0 < fpr < 1.0:
         fail(f"--fpr must be between 0 and 1, got {fpr}")
-    torch.set_num_threads(max(threads, 1))
     raw = [c for c in (id_column, timestamp_column) if c]
     table = read_table(data, keep_raw=raw)
     bad = [(i, r) for i, r in enumerate(table.reasons) if r]
     if bad:
         fail(f"{data}: {len(bad)} unreadable row(s), first: {bad[0][1]}")
+
+    import torch  # only now: bad input fails fast, without loading torch
+
+    from detector.artifact import save
+    from detector.detector import Detector, DetectorConfig
+    from detector.schema import SchemaOptions
+    from detector.training import TrainingConfig
+    from latentwatch.progress import training_progress
+
+    torch.set_num_threads(max(threads, 1))
     options = SchemaOptions(
         id_column=id_column, timestamp_column=timestamp_column, exclude=_split(exclude)
     )

@@ -1,0 +1,5 @@
+"""`python -m latentwatch` is the `latentwatch` command."""
+
+from latentwatch.cli import main
+
+main()

@@ -1,0 +1,238 @@
+"""`latentwatch train | score | inspect` through a real subprocess, as other tools call them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_breast_cancer
+from sklearn.metrics import roc_auc_score
+
+
+def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentwatch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], message: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("latentwatch: error: ")
+    assert message in lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Breast-cancer records as CSV: train = half the benign rows; test = the rest + malignant."""
+    root = tmp_path_factory.mktemp("cli")
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    malignant = data.target == 0
+    benign = np.flatnonzero(~malignant)
+    order = benign[np.random.RandomState(0).permutation(len(benign))]
+    train, test = (
+        order[: len(order) // 2],
+        np.concatenate([order[len(order) // 2 :], np.flatnonzero(malignant)[:40]]),
+    )
+
+    def write(path: Path, rows: np.ndarray) -> Path:
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["record_id", *names, "label"])
+            for i in rows:
+                w.writerow([f"p{i:04d}", *data.data[i], int(malignant[i])])
+        return path
+
+    return {
+        "train": write(root / "train.csv", train),
+        "test": write(root / "test.csv", test),
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def model(files: dict[str, Path]) -> Path:
+    out = files["root"] / "model"
+    proc = run(
+        "train",
+        "--data",
+        files["train"],
+        "--out",
+        out,
+        "--exclude",
+        "label",
+        "--id-column",
+        "record_id",
+        "--seed",
+        "3",
+    )
+    assert f"saved to {out}" in proc.stdout
+    return out
+
+
+def test_train_score_inspect_end_to_end(files: dict[str, Path], model: Path) -> None:
+    """Train on benign records, score held-out benign + malignant: a stated AUROC."""
+    out = files["root"] / "scores.csv"
+    run("score", "--model", model, "--data", files["test"], "--out", out)
+    with files["test"].open() as fh:
+        test_rows = list(csv.DictReader(fh))
+    with out.open() as fh:
+        scored = list(csv.DictReader(fh))
+    assert len(scored) == len(test_rows)
+    assert [r["record_id"] for r in scored] == [r["record_id"] for r in test_rows]  # input order
+    for column in (
+        "score",
+        "severity",
+        "p_value",
+        "flagged",
+        "density",
+        "reconstruction",
+        "cluster",
+        "top_features",
+    ):
+        assert column in scored[0]
+    labels = np.array([int(r["label"]) for r in test_rows])
+    scores = np.array([float(r["score"]) for r in scored])
+    assert roc_auc_score(labels, scores) >= 0.95
+    flagged = np.array([int(r["flagged"]) for r in scored])
+    assert flagged[labels == 1].mean() > flagged[labels == 0].mean()
+    assert all(0 <= float(r["severity"]) <= 100 for r in scored)
+    assert all(len(r["top_features"].split(";")) == 3 for r in scored)
+
+    summary = run("inspect", "--model", model).stdout
+    assert "reference clusters" in summary and "mean_radius" in summary
+    manifest = json.loads(run("inspect", "--model", model, "--json").stdout)
+    assert manifest["schema"]["id_column"] == "record_id"
+    assert "label" not in [f["name"] for f in manifest["schema"]["fields"]]
+
+
+def test_jsonl_with_bad_records_scores_the_good_ones(model: Path, files: dict[str, Path]) -> None:
+    with files["test"].open() as fh:
+        rows = list(csv.DictReader(fh))[:3]
+    good = [{k: (v if k == "record_id" else float(v)) for k, v in r.items()} for r in rows]
+    wrong_type = dict(good[1], mean_radius="large")
+    path = files["root"] / "mixed.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good[0]),
+                "{broken json",
+                json.dumps(wrong_type),
+                json.dumps([1, 2]),
+                json.dumps(good[2]),
+            ]
+        )
+        + "\n"
+    )
+    out = files["root"] / "mixed.csv"
+    proc = run("score", "--model", model, "--data", path, "--out", out)
+    assert "scored 2 of 5 rows" in proc.stdout
+    with out.open() as fh:
+        scored = list(csv.DictReader(fh))
+    assert [bool(r["score"]) for r in scored] == [True, False, False, False, True]
+    assert "line 2: not valid JSON" in scored[1]["reason"]
+    assert scored[2]["reason"] == "field 'mean_radius': expected a number, got string"
+    assert "must be a JSON object" in scored[3]["reason"]
+
+
+def test_missing_columns_are_scored_as_missing_with_a_warning(
+    model: Path, files: dict[str, Path]
+) -> None:
+    """Fields always present in the reference data make a record unusual when absent."""
+    with files["test"].open() as fh:
+        rows = list(csv.DictReader(fh))[:5]
+    kept = ("record_id", "mean_radius", "mean_texture")
+    path = files["root"] / "partial.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=kept)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in kept})
+    complete, partial = files["root"] / "complete-scores.csv", files["root"] / "partial-scores.csv"
+    run("score", "--model", model, "--data", files["test"], "--out", complete)
+    proc = run("score", "--model", model, "--data", path, "--out", partial)
+    assert "28 feature column(s) absent, scored as missing" in proc.stderr
+    with complete.open() as fh:
+        full = {r["record_id"]: r for r in csv.DictReader(fh)}
+    with partial.open() as fh:
+        for r in csv.DictReader(fh):
+            # 28 fields never missing in ~140 reference rows: about 28 * log(140) nats more
+            assert float(r["score"]) > float(full[r["record_id"]]["score"]) + 100
+            assert float(r["p_value"]) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_file", "does not exist"),
+        ("empty_file", "is empty"),
+        ("header_only", "has no data rows"),
+        ("no_usable_columns", "no usable feature columns"),
+        ("unsupported_type", "unsupported file type '.xlsx'"),
+        ("bad_fpr", "--fpr must be between 0 and 1, got 2.0"),
+        ("bad_jsonl", "1 unreadable row(s), first: line 2: not valid JSON"),
+        ("unknown_exclude", "column 'nope' named in the options is not in the data"),
+    ],
+)
+def test_train_user_errors(tmp_path: Path, case: str, message: str) -> None:
+    data = tmp_path / "data.csv"
+    extra: list[str] = []
+    if case == "empty_file":
+        data.write_text("")
+    elif case == "header_only":
+        data.write_text("a,b\n")
+    elif case == "no_usable_columns":
+        data.write_text("id\n" + "\n".join(f"u{i}" for i in range(50)) + "\n")
+    elif case == "unsupported_type":
+        data = tmp_path / "data.xlsx"
+        data.write_text("x")
+    elif case == "bad_fpr":
+        data.write_text("a\n1\n2\n")
+        extra = ["--fpr", "2"]
+    elif case == "bad_jsonl":
+        data = tmp_path / "data.jsonl"
+        data.write_text('{"a": 1}\n{oops\n')
+    elif case == "unknown_exclude":
+        data.write_text("a\n1\n2\n")
+        extra = ["--exclude", "nope"]
+    proc = run("train", "--data", data, "--out", tmp_path / "m", *extra, ok=False)
+    assert_user_error(proc, message)
+
+
+def test_score_user_errors(tmp_path: Path, model: Path, files: dict[str, Path]) -> None:
+    (tmp_path / "not-a-model").mkdir()
+    proc = run(
+        "score",
+        "--model",
+        tmp_path / "not-a-model",
+        "--data",
+        files["test"],
+        "--out",
+        tmp_path / "o.csv",
+        ok=False,
+    )
+    assert_user_error(proc, "is not a latentwatch model: no manifest.json")
+
+    other = tmp_path / "other.csv"
+    other.write_text("colour,size\nred,1\nblue,2\n")
+    proc = run("score", "--model", model, "--data", other, "--out", tmp_path / "o.csv", ok=False)
+    assert_user_error(proc, "has none of the model's 30 feature columns")
+    assert not (tmp_path / "o.csv").exists()
+
+    proc = run("inspect", "--model", tmp_path / "absent", ok=False)
+    assert_user_error(proc, "does not exist")

@@ -1,0 +1,68 @@
+"""Test data and detector variants shared by the detector tests (plain module: conftest.py
+builds fixtures from it, tests import the types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.detector import Detector, DetectorConfig
+from detector.training import TrainingConfig
+
+FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
+
+
+@dataclass(frozen=True)
+class Split:
+    """Normal training rows, and a test set of held-out normals plus anomalies."""
+
+    names: tuple[str, ...]
+    train: np.ndarray
+    test: np.ndarray
+    labels: np.ndarray  # 1 = anomaly
+
+    def columns(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {n: rows[:, j] for j, n in enumerate(self.names)}
+
+
+def mixed_records(n: int, seed: int) -> list[dict[str, object]]:
+    """Records as a pipeline would send them: numbers that depend on a category, a boolean,
+    an id, and some missing values."""
+    rng = np.random.default_rng(seed)
+    regions = rng.choice(["eu", "us", "apac"], size=n, p=[0.5, 0.3, 0.2])
+    base = {"eu": 10.0, "us": 20.0, "apac": 30.0}
+    records: list[dict[str, object]] = []
+    for i, region in enumerate(regions):
+        amount = base[region] + rng.normal(0, 1.0)
+        rec: dict[str, object] = {
+            "id": f"tx-{seed}-{i}",
+            "region": str(region),
+            "amount": float(amount),
+            "items": int(rng.integers(1, 5)),
+            "express": bool(rng.random() < 0.3),
+            "latency_ms": float(rng.gamma(2.0, 10.0)) if rng.random() > 0.1 else None,
+        }
+        records.append(rec)
+    return records
+
+
+def records_to_columns(records: list[dict[str, object]]) -> dict[str, list[object]]:
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    return {n: [r.get(n) for r in records] for n in names}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A fitted detector, normal records it has not seen, and unusual records it should score
+    higher."""
+
+    detector: Detector
+    normal: list[dict[str, object]]
+    unusual: list[dict[str, object]]
+
+
+# variant name -> the fixture (in conftest.py) that builds it
+VARIANT_FIXTURES = {"numeric-real-data": "numeric_variant", "mixed-records": "mixed_variant"}

@@ -1,0 +1,142 @@
+"""Scoring maths: mixture density, per-field contributions, calibration, severity."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.mixture import GaussianMixture
+
+from detector.calibration import (
+    SEVERITY_FLOOR_P,
+    fit_calibration,
+    p_values,
+    severity,
+    threshold_for,
+)
+from detector.mixture import ReferenceMixture, fit_mixture
+from detector.schema import SchemaOptions, infer_schema
+from detector.scoring import MIN_RESIDUAL_VARIANCE, field_contributions, residual_variances
+
+
+def test_mixture_density_matches_scipy() -> None:
+    rng = np.random.default_rng(0)
+    codes = np.vstack([rng.normal(-3, 1, (300, 3)), rng.normal(3, 0.5, (300, 3))])
+    mixture = fit_mixture(codes, max_components=4, seed=0)
+    z = rng.normal(0, 3, (50, 3))
+    gmm = GaussianMixture(mixture.n_components, covariance_type="full")
+    expected = np.zeros(len(z))
+    for c in range(mixture.n_components):
+        precision = mixture.precision_cholesky[c] @ mixture.precision_cholesky[c].T
+        cov = np.linalg.inv(precision)
+        expected += mixture.weights[c] * multivariate_normal(mixture.means[c], cov).pdf(z)
+    neg_log_density, nearest, distance = mixture.assess(z)
+    assert neg_log_density == pytest.approx(-np.log(expected), rel=1e-9)
+    assert gmm.n_components == mixture.n_components
+    assert set(nearest.tolist()) <= set(range(mixture.n_components))
+    assert (distance >= 0).all()
+
+
+def test_bic_finds_the_number_of_well_separated_clusters() -> None:
+    rng = np.random.default_rng(1)
+    centres = np.array([[0, 0], [10, 0], [0, 10]])
+    codes = np.vstack([rng.normal(c, 1.0, (400, 2)) for c in centres])
+    assert fit_mixture(codes, max_components=8, seed=0).n_components == 3
+
+
+def test_nearest_cluster_is_the_closest_centre() -> None:
+    mixture = ReferenceMixture(
+        weights=np.array([0.5, 0.5]),
+        means=np.array([[0.0, 0.0], [10.0, 0.0]]),
+        precision_cholesky=np.stack([np.eye(2), np.eye(2)]),
+    )
+    _, nearest, distance = mixture.assess(np.array([[1.0, 0.0], [9.0, 0.0], [10.0, 3.0]]))
+    assert nearest.tolist() == [0, 1, 1]
+    assert distance.tolist() == pytest.approx([1.0, 1.0, 3.0])
+
+
+def test_field_contributions_sum_per_field_and_price_missingness() -> None:
+    schema = infer_schema(
+        {"x": [float(v) for v in range(100)], "c": ["a", "b"] * 50}, SchemaOptions()
+    )
+    matrix = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    recon = np.array([[2.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    variances = np.array([1.0, 0.5, 0.5, 1.0])
+    missing = np.array([[False, False], [True, False]])
+    contrib = field_contributions(schema, matrix, recon, variances, missing)
+    present = -math.log1p(-1 / 102)  # x and c were never missing in 100 rows
+    assert contrib[0].tolist() == pytest.approx([0.5 * 4 + present, 0.5 * (2 + 2) + present])
+    # a field never missing in 100 reference rows: missing costs log(102 / 1) nats
+    assert contrib[1, 0] == pytest.approx(math.log(102))
+
+
+def test_residual_variances_are_floored_and_scaled_to_held_out_rows() -> None:
+    fit = np.zeros((4, 2))
+    fit_recon = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0], [0.0, -1.0]])
+    assert residual_variances(fit, fit_recon, fit, fit_recon).tolist() == [
+        MIN_RESIDUAL_VARIANCE,
+        1.0,
+    ]
+    # held-out residuals twice as large as on the fitted rows: every variance scales by the
+    # mean normalised squared residual, so the per-column shape is kept
+    held = np.zeros((2, 2))
+    held_recon = np.array([[0.2, 2.0], [-0.2, -2.0]])
+    scale = np.mean([0.04 / MIN_RESIDUAL_VARIANCE, 4.0])
+    assert residual_variances(fit, fit_recon, held, held_recon) == pytest.approx(
+        [MIN_RESIDUAL_VARIANCE * scale, scale]
+    )
+
+
+def test_p_values_are_the_empirical_tail_in_the_body() -> None:
+    cal = fit_calibration(np.arange(1.0, 100.0))  # 1..99
+    p = p_values(cal, np.array([-5.0, 50.0, 80.0]))
+    assert p.tolist() == pytest.approx([1.0, 0.5, 0.2])
+
+
+def test_p_values_are_continuous_and_decreasing_into_the_tail() -> None:
+    rng = np.random.default_rng(2)
+    cal = fit_calibration(rng.exponential(1.0, 5000))
+    grid = np.linspace(0, 30, 3001)
+    p = p_values(cal, grid)
+    assert np.all(np.diff(p) <= 1e-12)
+    below, above = p_values(cal, np.array([cal.tail_start - 1e-9, cal.tail_start + 1e-9]))
+    assert below == pytest.approx(above, abs=1e-6)  # no jump where the tail takes over
+    # beyond every calibration score the exponential tail keeps ordering records
+    far = p_values(cal, np.array([20.0, 25.0, 30.0]))
+    assert far[0] > far[1] > far[2] > 0
+    # an exponential tail of an exponential sample: p(x) ~ exp(-x)
+    assert p_values(cal, np.array([12.0]))[0] == pytest.approx(math.exp(-12.0), rel=0.5)
+
+
+@pytest.mark.parametrize("fpr", [0.2, 0.05, 0.01, 0.001])
+def test_threshold_inverts_p_values(fpr: float) -> None:
+    cal = fit_calibration(np.random.default_rng(3).normal(0, 1, 2000))
+    t = threshold_for(cal, fpr)
+    assert p_values(cal, np.array([t]))[0] == pytest.approx(fpr, rel=1e-6)
+
+
+def test_threshold_holds_the_false_alarm_rate_on_fresh_normal_scores() -> None:
+    rng = np.random.default_rng(4)
+    cal = fit_calibration(rng.gamma(3.0, 2.0, 4000))
+    fresh = rng.gamma(3.0, 2.0, 200_000)
+    for fpr in (0.05, 0.01, 0.002):
+        rate = float((fresh > threshold_for(cal, fpr)).mean())
+        assert rate == pytest.approx(fpr, rel=0.35)
+
+
+def test_threshold_rejects_nonsense_rates() -> None:
+    cal = fit_calibration(np.arange(10.0))
+    with pytest.raises(ValueError, match="false-alarm rate must be between 0 and 1, got 1.5"):
+        threshold_for(cal, 1.5)
+
+
+def test_calibration_needs_scores() -> None:
+    with pytest.raises(ValueError, match="at least 2 finite scores"):
+        fit_calibration(np.array([1.0]))
+
+
+def test_severity_is_a_log_scale_of_the_p_value() -> None:
+    s = severity(np.array([1.0, 0.1, 0.01, 1e-3, SEVERITY_FLOOR_P, 1e-30, 0.0]))
+    assert s.tolist() == pytest.approx([0.0, 100 / 6, 100 / 3, 50.0, 100.0, 100.0, 100.0])
