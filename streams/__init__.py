@@ -1,0 +1,1 @@
+"""Kafka stream adapters: the consumer loop and its metrics."""

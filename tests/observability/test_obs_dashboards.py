@@ -1,0 +1,299 @@
+"""The dashboard, recording rules and alerts: promtool accepts and unit-tests them, every metric
+they name is one StreamMetrics exposes, and the dashboard JSON is generated from build.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from prometheus_server import run_prometheus
+
+from storage.models import FlaggedRecordRow
+from streams.metrics import StreamMetrics
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "dashboards"
+PROMETHEUS_DIR = DASHBOARDS / "prometheus"
+ALERTS = PROMETHEUS_DIR / "alerts.yml"
+DASHBOARD_JSON = DASHBOARDS / "grafana" / "latentwatch.json"
+# Grafana's interval variables, replaced by a duration so that promtool can parse the expressions.
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def load_build() -> ModuleType:
+    """dashboards/build.py is a script, not a package module: load it from its path."""
+    path = DASHBOARDS / "build.py"
+    spec = importlib.util.spec_from_file_location("latentwatch_dashboard_build", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building the class
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def build() -> ModuleType:
+    return load_build()
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads(DASHBOARD_JSON.read_text()))
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail(
+            "promtool is not installed: run `make system-deps` (Debian package prometheus)",
+            pytrace=False,
+        )
+    return subprocess.run([binary, *args], check=False, capture_output=True, text=True, timeout=120)
+
+
+def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+
+
+def all_panels(dashboard: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])  # a collapsed row keeps its panels inside
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in all_panels(dashboard) for t in p.get("targets", []) if "expr" in t]
+
+
+def rules() -> list[dict[str, Any]]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def exposed_names() -> set[str]:
+    """Sample names of a StreamMetrics that has seen one of everything."""
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry, topics=["records"])
+    metrics.set_model("v1", "schema", "2026-11-01T00:00:00Z", 0.01, [0.6, 0.4])
+    metrics.record_consumed("records", 3)
+    metrics.record_rejects("records", {"not_json": 1})
+    metrics.record_scores(
+        "records",
+        score=np.array([1.0, 2.0]),
+        flagged=np.array([False, True]),
+        severity=np.array([10.0, 99.0]),
+        density=np.array([0.5, 1.5]),
+        reconstruction=np.array([0.5, 0.5]),
+        clusters=np.array([0, 1]),
+        p_values=np.array([0.5, 0.001]),
+    )
+    metrics.record_persisted("records", np.array([1.0e9, 1.0e9]), now_s=1.0e9 + 1)
+    metrics.batch_done(0.01, now_s=1.0e9 + 1)
+    metrics.set_lag("records", 0, 5)
+    return {sample.name for family in registry.collect() for sample in family.samples}
+
+
+def referenced_names(expr: str) -> set[str]:
+    """Identifiers in a PromQL expression, outside string literals (label values)."""
+    return set(re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r'"[^"]*"', '""', expr)))
+
+
+def test_dashboard_json_is_up_to_date() -> None:
+    result = subprocess.run(
+        [sys.executable, str(DASHBOARDS / "build.py"), "--check"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{result.stderr}\nrun: python dashboards/build.py"
+
+
+def test_build_check_detects_a_stale_file(
+    build: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stale = tmp_path / "latentwatch.json"
+    stale.write_text("{}\n")
+    monkeypatch.setattr(build, "OUTPUT", stale)
+    assert build.main(["--check"]) == 1
+    assert build.main([]) == 0
+    assert build.main(["--check"]) == 0
+    assert json.loads(stale.read_text())["uid"] == "latentwatch"
+
+
+def test_every_dashboard_query_comes_from_panel_queries(
+    build: ModuleType, dashboard: dict[str, Any]
+) -> None:
+    used = dashboard_exprs(dashboard)
+    assert set(used) == set(build.PANEL_QUERIES.values())
+
+
+@pytest.mark.prometheus
+def test_every_dashboard_query_parses(build: ModuleType, tmp_path: Path) -> None:
+    def concrete(expr: str) -> str:
+        for variable, duration in GRAFANA_INTERVALS.items():
+            expr = expr.replace(variable, duration)
+        assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+        return expr
+
+    recording = [
+        {"record": f"dashboard:{key}", "expr": concrete(expr)}
+        for key, expr in build.PANEL_QUERIES.items()
+    ]
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": recording}]}))
+    assert_ok(promtool("check", "rules", str(path)))
+
+
+def test_dashboard_and_rules_only_use_exposed_metrics(dashboard: dict[str, Any]) -> None:
+    exposed = exposed_names()
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
+    exprs = dashboard_exprs(dashboard) + [rule["expr"] for rule in rules()]
+    for expr in exprs:
+        for name in referenced_names(expr):
+            if name.startswith("latentwatch_"):
+                assert name in exposed, f"{name} (in {expr!r}) is not exposed by StreamMetrics"
+            elif ":" in name:
+                assert name in recorded, f"{name} (in {expr!r}) is not a recording rule"
+
+
+def test_every_exposed_metric_is_on_the_dashboard_or_in_a_rule(dashboard: dict[str, Any]) -> None:
+    text = " ".join(dashboard_exprs(dashboard) + [rule["expr"] for rule in rules()])
+    registry = CollectorRegistry()
+    StreamMetrics(registry)
+    unused = {family.name for family in registry.collect() if family.name not in text}
+    assert not unused
+
+
+def test_flagged_records_table_uses_existing_columns(build: ModuleType) -> None:
+    table_name = FlaggedRecordRow.__tablename__
+    sql = build.FLAGGED_RECORDS_SQL
+    assert f"FROM {table_name}" in sql
+    assert "ORDER BY scored_time DESC" in sql
+    assert "LIMIT 50" in sql
+    keywords = {"SELECT", "FROM", "WHERE", "ORDER", "BY", "DESC", "LIMIT"}
+    without_macros = re.sub(r"\$__\w+", "", sql)
+    identifiers = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", without_macros))
+    columns = {column.name for column in FlaggedRecordRow.__table__.columns}
+    assert identifiers - keywords - {table_name} <= columns
+    assert "kafka_partition" in identifiers  # the SQL name, not the ORM attribute `partition`
+
+
+def test_panels_have_unique_ids_and_targets_have_ref_ids(dashboard: dict[str, Any]) -> None:
+    ids = [panel.get("id") for panel in all_panels(dashboard)]
+    assert None not in ids
+    assert len(ids) == len(set(ids))
+    for panel in all_panels(dashboard):
+        ref_ids = [target.get("refId") for target in panel.get("targets", [])]
+        assert all(ref_ids), panel["title"]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+
+
+def test_datasources_are_variables(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert variables["flagged_db"]["type"] == "datasource"
+    assert variables["flagged_db"]["query"] == "grafana-postgresql-datasource"
+    assert dashboard["uid"] == "latentwatch"
+    for panel in all_panels(dashboard):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] in {"${datasource}", "${flagged_db}"}, panel["title"]
+        for target in panel.get("targets", []):
+            uid = target.get("datasource", panel["datasource"])["uid"]
+            assert uid == panel["datasource"]["uid"], panel["title"]
+
+
+def test_provisioned_datasource_uids_match_the_dashboard_defaults(
+    dashboard: dict[str, Any],
+) -> None:
+    provisioning = DASHBOARDS / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "latentwatch.yaml").read_text())
+    by_type = {d["type"]: d for d in datasources["datasources"]}
+    defaults = {v["query"]: v["current"]["value"] for v in dashboard["templating"]["list"]}
+    assert by_type["prometheus"]["uid"] == defaults["prometheus"] == "prometheus"
+    postgres = by_type["grafana-postgresql-datasource"]
+    assert postgres["uid"] == defaults["grafana-postgresql-datasource"] == "latentwatch-postgres"
+    assert postgres["jsonData"]["database"] == "latentwatch"
+    providers = yaml.safe_load((provisioning / "dashboards" / "latentwatch.yaml").read_text())
+    assert providers["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
+
+
+def test_alerts_carry_severity_and_runbook_annotations() -> None:
+    alerts = {rule["alert"]: rule for rule in rules() if "alert" in rule}
+    assert set(alerts) == {
+        "LatentwatchFlaggedShareHigh",
+        "LatentwatchLatentDriftHigh",
+        "LatentwatchConsumerLagGrowing",
+        "LatentwatchConsumerStalled",
+        "LatentwatchNoRecords",
+        "LatentwatchRejectRateHigh",
+        "LatentwatchDatabaseWriteFailures",
+        "LatentwatchTargetDown",
+    }
+    for name, rule in alerts.items():
+        assert rule["labels"]["severity"] in {"warning", "critical"}, name
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
+        # Only TargetDown may pin the job: the others must work under any scrape job name.
+        if name != "LatentwatchTargetDown":
+            assert "job=" not in rule["expr"], name
+
+
+def test_every_alert_and_recording_rule_has_a_unit_test() -> None:
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())["tests"]
+    firing = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if case["exp_alerts"]
+    }
+    silent = {
+        case["alertname"]
+        for test in tests
+        for case in test.get("alert_rule_test", [])
+        if not case["exp_alerts"]
+    }
+    exprs = {case["expr"] for test in tests for case in test.get("promql_expr_test", [])}
+    alerts = {rule["alert"] for rule in rules() if "alert" in rule}
+    recorded = {rule["record"] for rule in rules() if "record" in rule}
+    assert firing == alerts
+    assert silent == alerts
+    assert recorded <= exprs
+
+
+@pytest.mark.prometheus
+def test_promtool_check_rules() -> None:
+    assert_ok(promtool("check", "rules", str(ALERTS)))
+
+
+@pytest.mark.prometheus
+def test_promtool_test_rules() -> None:
+    assert_ok(promtool("test", "rules", str(PROMETHEUS_DIR / "alerts_test.yml")))
+
+
+@pytest.mark.prometheus
+def test_promtool_check_config() -> None:
+    assert_ok(promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml")))
+
+
+@pytest.mark.prometheus
+def test_prometheus_helper_runs_a_server(tmp_path: Path) -> None:
+    with run_prometheus([], [ALERTS], tmp_path) as prometheus:
+        result = prometheus.query("vector(1)")
+        assert [sample["value"][1] for sample in result] == ["1"]
+        assert prometheus.alerts() == []
+        process = prometheus.process
+    assert process.poll() is not None  # stopped at exit
