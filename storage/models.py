@@ -91,6 +91,7 @@ class FlaggedRecordRow(Base):
     topic: Mapped[str] = mapped_column(String(255))
     partition: Mapped[int] = mapped_column("kafka_partition", Integer)
     offset: Mapped[int] = mapped_column("kafka_offset", BigInteger)
+    kafka_timestamp: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str | None] = mapped_column(Text)
     record_id: Mapped[str | None] = mapped_column(Text)
     event_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -111,7 +112,13 @@ class FlaggedRecordRow(Base):
 
     __table_args__ = (
         # The idempotency key: a redelivered Kafka record is not stored twice.
-        UniqueConstraint("topic", "kafka_partition", "kafka_offset"),
+        UniqueConstraint(
+            "topic",
+            "kafka_partition",
+            "kafka_offset",
+            "kafka_timestamp",
+            name="uq_flagged_records_kafka_message",
+        ),
         # Newest-first keyset pages, time ranges, and prune (scored_time < cutoff).
         Index("ix_flagged_records_scored_time_id", "scored_time", "id"),
         Index("ix_flagged_records_event_time", "event_time"),

@@ -26,13 +26,17 @@ _NUMBER_FIELDS = (
 
 @dataclass(frozen=True)
 class FlaggedRecord:
-    """One record the detector flagged. (topic, partition, offset) identifies it: writing the
-    same record twice (a Kafka redelivery) stores it once. Scores follow the project convention:
+    """One record the detector flagged. (topic, partition, offset, kafka_timestamp) identifies
+    it: writing the same record twice (a Kafka redelivery) stores it once. Scores follow the project convention:
     higher = more anomalous; ``score``, ``density`` and ``reconstruction`` are in nats."""
 
     topic: str
     partition: int
     offset: int
+    # Kafka message timestamp (ms since the epoch, -1 if none). Part of the identity because a
+    # topic that was deleted and recreated (or a broker that lost its log) reuses offsets: the
+    # same offset with another timestamp is another record, not a redelivery.
+    kafka_timestamp: int
     key: str | None  # Kafka message key, decoded as UTF-8 (None if absent)
     record_id: str | None  # value of the model's id column, if any
     event_time: datetime | None  # timezone-aware (record timestamp)

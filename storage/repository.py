@@ -27,7 +27,7 @@ _MODEL_VERSIONS = Base.metadata.tables["model_versions"]
 # Python attribute -> SQL column, where they differ ("offset" is a reserved word).
 _SQL_NAMES = {"partition": "kafka_partition", "offset": "kafka_offset"}
 # SQL names of the unique constraint that makes redelivery idempotent.
-_IDEMPOTENCY_KEY = ("topic", "kafka_partition", "kafka_offset")
+_IDEMPOTENCY_KEY = ("topic", "kafka_partition", "kafka_offset", "kafka_timestamp")
 # Column widths (models.py) that PostgreSQL enforces and SQLite does not.
 _MAX_LENGTHS = {"topic": 255, "model_version": 64}
 # A NUL character as JSON escapes it: \u0000 after an odd number of backslashes (after an even
@@ -55,7 +55,7 @@ def write_flagged(
 ) -> int:
     """Store a batch in one transaction and return how many records were new.
 
-    Records already stored (same topic, partition, offset) are skipped by the database, so the
+    Records already stored (same topic, partition, offset, Kafka timestamp) are skipped by the database, so the
     consumer can retry a whole batch after any failure. ``models`` are upserted: a new version
     gets ``first_seen = last_seen = now``, a known one only moves ``last_seen`` forward.
     A record no database would store raises :class:`UnstorableRecordError` before anything is

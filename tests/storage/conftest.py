@@ -87,6 +87,7 @@ def make_record(offset: int, **changes: Any) -> FlaggedRecord:
         "topic": "payments",
         "partition": 0,
         "offset": offset,
+        "kafka_timestamp": 1_793_000_000_000 + offset,
         "key": f"customer-{offset % 7}",
         "record_id": f"tx-{offset}",
         "event_time": T0,

@@ -45,7 +45,9 @@ def test_upgrade_creates_tables_constraints_and_indexes(engine: Engine) -> None:
         "feedback",
     }
     unique = schema.get_unique_constraints("flagged_records")
-    assert [u["column_names"] for u in unique] == [["topic", "kafka_partition", "kafka_offset"]]
+    assert [u["column_names"] for u in unique] == [
+        ["topic", "kafka_partition", "kafka_offset", "kafka_timestamp"]
+    ]
     indexes = {
         ix["name"]: ix["column_names"]
         for ix in schema.get_indexes("flagged_records")

@@ -83,6 +83,18 @@ def test_redelivered_batch_is_stored_once(sessions: Sessions, record: MakeRecord
     )
 
 
+def test_a_reused_offset_with_another_timestamp_is_a_new_record(
+    sessions: Sessions, record: MakeRecord
+) -> None:
+    """A recreated topic (or a broker that lost its log) starts offsets again at 0: those are
+    new records, not redeliveries, and must not be dropped as duplicates."""
+    assert write_flagged(sessions, [record(0), record(1)]) == 2
+    recreated = [record(0, kafka_timestamp=1_900_000_000_000, record_id="new-0")]
+    assert write_flagged(sessions, recreated) == 1
+    assert write_flagged(sessions, recreated) == 0
+    assert count_flagged(sessions) == 3
+
+
 def test_duplicates_within_one_batch_are_stored_once(
     sessions: Sessions, record: MakeRecord
 ) -> None:

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("topic", sa.String(255), nullable=False),
         sa.Column("kafka_partition", sa.Integer(), nullable=False),
         sa.Column("kafka_offset", sa.BigInteger(), nullable=False),
+        sa.Column("kafka_timestamp", sa.BigInteger(), nullable=False),
         sa.Column("key", sa.Text(), nullable=True),
         sa.Column("record_id", sa.Text(), nullable=True),
         sa.Column("event_time", TIMESTAMP, nullable=True),
@@ -54,7 +55,8 @@ def upgrade() -> None:
             "topic",
             "kafka_partition",
             "kafka_offset",
-            name="uq_flagged_records_topic_kafka_partition_kafka_offset",
+            "kafka_timestamp",
+            name="uq_flagged_records_kafka_message",
         ),
     )
     # Newest-first keyset pages (ORDER BY scored_time DESC, id DESC), time ranges, prune.
