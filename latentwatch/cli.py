@@ -214,3 +214,169 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("latentwatch: interrupted", err=True)
         sys.exit(130)
+
+
+def _env(name: str) -> str:
+    return f"LATENTWATCH_{name}"
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # kafka-python narrates every reconnect at INFO/WARNING; our own lines say what matters.
+    logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
+    logging.getLogger("alembic").setLevel(max(logging.getLogger().level, logging.WARNING))
+
+
+def _kafka_options(values: list[str] | None) -> dict[str, object]:
+    """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}."""
+    options: dict[str, object] = {}
+    for item in _split(values):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            fail(f"--kafka-option expects name=value, got {item!r}")
+        options[name.strip()] = int(value) if value.strip().isdigit() else value.strip()
+    return options
+
+
+@app.command()
+def consume(
+    model: Annotated[Path, typer.Option(envvar=_env("MODEL"), help="Model directory")],
+    bootstrap: Annotated[str, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka host:port[,...]")],
+    topic: Annotated[list[str], typer.Option(envvar=_env("TOPICS"), help="Topic(s) to watch")],
+    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL for flagged records")],
+    group: Annotated[
+        str, typer.Option(envvar=_env("GROUP"), help="Consumer group")
+    ] = "latentwatch",
+    deadletter_topic: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("DEADLETTER_TOPIC"), help="Dead-letter topic [<topic>.deadletter]"
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(envvar=_env("METRICS_HOST"))] = "127.0.0.1",
+    metrics_port: Annotated[
+        int, typer.Option(envvar=_env("METRICS_PORT"), help="Prometheus /metrics port; -1: off")
+    ] = 9464,
+    max_records: Annotated[int, typer.Option(envvar=_env("MAX_RECORDS"), help="Per poll")] = 2000,
+    session_timeout_ms: Annotated[int, typer.Option(envvar=_env("SESSION_TIMEOUT_MS"))] = 6000,
+    max_message_bytes: Annotated[int, typer.Option(envvar=_env("MAX_MESSAGE_BYTES"))] = 1_048_576,
+    require: Annotated[
+        list[str] | None,
+        typer.Option(envvar=_env("REQUIRED_FIELDS"), help="Field(s) a record must carry"),
+    ] = None,
+    schema_version: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=_env("SCHEMA_VERSIONS"),
+            help="Accepted `schema-version` header / `schema_version` field values",
+        ),
+    ] = None,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(envvar=_env("KAFKA_OPTIONS"), help="Extra kafka-python setting name=value"),
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+) -> None:
+    """Watch Kafka topic(s): score every record, store flagged ones, dead-letter bad ones."""
+    from latentwatch.service import ConsumeSettings, run_consumer
+
+    _setup_logging(log_level)
+    settings = ConsumeSettings(
+        model=model,
+        bootstrap=bootstrap,
+        topics=_split(topic),
+        db=db,
+        group=group,
+        deadletter_topic=deadletter_topic,
+        metrics_host=metrics_host,
+        metrics_port=None if metrics_port < 0 else metrics_port,
+        max_records=max_records,
+        session_timeout_ms=session_timeout_ms,
+        max_message_bytes=max_message_bytes,
+        required_fields=_split(require),
+        schema_versions=_split(schema_version),
+        kafka_options=_kafka_options(kafka_option),
+    )
+    run_consumer(settings)
+
+
+@app.command()
+def replay(
+    data: Annotated[Path, typer.Option(help="Records to send: .csv, .jsonl or .parquet")],
+    bootstrap: Annotated[str, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka host:port")],
+    topic: Annotated[str, typer.Option(help="Topic to send to")],
+    rate: Annotated[
+        float | None, typer.Option(help="Records per second (default: flat out)")
+    ] = None,
+    key_field: Annotated[str | None, typer.Option(help="Field to use as the message key")] = None,
+    kafka_option: Annotated[list[str] | None, typer.Option(envvar=_env("KAFKA_OPTIONS"))] = None,
+) -> None:
+    """Send a file's records to a topic as JSON messages, one per record."""
+    from latentwatch.datafiles import read_table
+    from streams.kafka import make_producer
+    from streams.replay import replay as send_records
+
+    table = read_table(data)
+    bad = [r for r in table.reasons if r]
+    if bad:
+        fail(f"{data}: {len(bad)} unreadable row(s), first: {bad[0]}")
+    producer = make_producer(bootstrap, _kafka_options(kafka_option))
+    try:
+        report = send_records(table.rows(), producer, topic, rate=rate, key_field=key_field)
+    finally:
+        producer.close(timeout=10)
+    typer.echo(
+        f"sent {report.sent} records to {topic} in {report.seconds:.1f} s"
+        + (f"; {report.failed} failed" if report.failed else "")
+    )
+    if report.failed:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+db_app = typer.Typer(help="Database schema and retention.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+) -> None:
+    """Create or migrate the schema to the newest version (Alembic)."""
+    from storage.database import current_revision, make_engine, redact, upgrade
+
+    engine = make_engine(db)
+    try:
+        upgrade(engine)
+        typer.echo(f"{redact(db)} is at schema revision {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@db_app.command("prune")
+def db_prune(
+    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    older_than: Annotated[
+        str, typer.Option(envvar=_env("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
+    ] = "30d",
+) -> None:
+    """Delete flagged records (and their feedback) scored longer ago than --older-than."""
+    from datetime import UTC, datetime
+
+    from storage.database import ensure_schema, make_engine, session_factory
+    from storage.repository import parse_age, prune_flagged
+
+    try:
+        age = parse_age(older_than)
+    except ValueError as exc:
+        fail(str(exc))
+    engine = make_engine(db)
+    try:
+        ensure_schema(engine)
+        removed = prune_flagged(session_factory(engine), datetime.now(UTC) - age)
+    finally:
+        engine.dispose()
+    typer.echo(f"deleted {removed} flagged record(s) older than {older_than}")

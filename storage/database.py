@@ -26,7 +26,9 @@ ACCEPTED_URLS = (
     "sqlite:///relative/path.db, sqlite:////absolute/path.db, "
     "postgresql+psycopg://user:password@host:5432/database"
 )
-SQLITE_BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer's lock
+# A writer waits this long for another writer's lock, then fails; the consumer retries the
+# batch with backoff, so a short wait keeps its retry and shutdown responsive.
+SQLITE_BUSY_TIMEOUT_MS = 5_000
 # Execution option: start the SQLite transaction with BEGIN IMMEDIATE (take the write lock up
 # front) for transactions that read before they write, such as migrations.
 SQLITE_IMMEDIATE = "latentwatch_sqlite_immediate"

@@ -27,8 +27,9 @@ _NUMBER_FIELDS = (
 @dataclass(frozen=True)
 class FlaggedRecord:
     """One record the detector flagged. (topic, partition, offset, kafka_timestamp) identifies
-    it: writing the same record twice (a Kafka redelivery) stores it once. Scores follow the project convention:
-    higher = more anomalous; ``score``, ``density`` and ``reconstruction`` are in nats."""
+    it: writing the same record twice (a Kafka redelivery) stores it once. Scores follow the
+    project convention: higher = more anomalous; ``score``, ``density`` and ``reconstruction``
+    are in nats."""
 
     topic: str
     partition: int

@@ -55,9 +55,10 @@ def write_flagged(
 ) -> int:
     """Store a batch in one transaction and return how many records were new.
 
-    Records already stored (same topic, partition, offset, Kafka timestamp) are skipped by the database, so the
-    consumer can retry a whole batch after any failure. ``models`` are upserted: a new version
-    gets ``first_seen = last_seen = now``, a known one only moves ``last_seen`` forward.
+    Records already stored (same topic, partition, offset, Kafka timestamp) are skipped by the
+    database, so the consumer can retry a whole batch after any failure. ``models`` are
+    upserted: a new version gets ``first_seen = last_seen = now``, a known one only moves
+    ``last_seen`` forward.
     A record no database would store raises :class:`UnstorableRecordError` before anything is
     written; infrastructure errors propagate as SQLAlchemy exceptions, with nothing written.
     """

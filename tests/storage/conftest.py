@@ -7,56 +7,19 @@ PostgreSQL tests fail (never skip): deselect them explicitly with ``-m "not post
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
-from storage.database import make_engine, redact, session_factory, upgrade
+from storage.database import make_engine, session_factory, upgrade
 from storage.records import FlaggedRecord, ModelVersion
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh database on the test server, created for this test session."""
-    admin_url = os.environ.get("LATENTWATCH_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    admin = create_engine(
-        admin_url,
-        isolation_level="AUTOCOMMIT",  # CREATE/DROP DATABASE cannot run in a transaction
-        poolclass=NullPool,
-        connect_args={"connect_timeout": 5},
-    )
-    name = f"lw_test_{uuid.uuid4().hex[:12]}"
-    unreachable = ""
-    try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except OperationalError as exc:
-        unreachable = str(exc.orig)
-    if unreachable:  # outside the except block: the message alone, without a chained traceback
-        pytest.fail(
-            f"PostgreSQL is not reachable at {redact(admin_url)}: {unreachable}\n"
-            "Start it (docs/storage.md), or set LATENTWATCH_TEST_POSTGRES_URL to a server where "
-            "this user may CREATE DATABASE, or deselect these tests with -m 'not postgres'.",
-            pytrace=False,
-        )
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -1,0 +1,306 @@
+"""The consumer loop: poll, score, persist, dead-letter, then commit. A thin shell.
+
+At-least-once by construction: offsets are committed only after the batch's flagged records
+are in the database and its rejected records are acknowledged by the dead-letter topic. A crash
+anywhere before the commit redelivers the batch; the database's idempotency key absorbs the
+repeat, so the table ends up exactly-once.
+
+Infrastructure trouble is retried with capped exponential backoff and never skipped: while the
+database is down the loop keeps retrying the same batch and commits nothing. Bad *input* is
+never retried: it goes to dead letters with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol, TypeVar
+
+import numpy as np
+import orjson
+
+from detector.detector import Detector
+from storage.records import FlaggedRecord
+from streams.messages import UNSTORABLE, DecodePolicy, Message, Rejection
+from streams.metrics import StreamMetrics
+from streams.scoring import TopicBatch, score_messages
+
+log = logging.getLogger("latentwatch.consumer")
+
+T = TypeVar("T")
+Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> next offset to read
+
+
+class Unavailable(Exception):  # noqa: N818  (a state, not a programming error)
+    """A sink or the broker cannot be reached right now; retrying may help."""
+
+
+class UnstorableRecord(Exception):  # noqa: N818
+    """One record no database would store; it goes to dead letters, the rest are retried."""
+
+    def __init__(self, record: FlaggedRecord, detail: str) -> None:
+        super().__init__(detail)
+        self.record = record
+        self.detail = detail
+
+
+class Source(Protocol):
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
+    def commit(self, offsets: Offsets) -> bool: ...  # False: the group moved on, redelivery
+    def lag(self) -> dict[tuple[str, int], int]: ...
+
+
+class FlaggedSink(Protocol):
+    def write(self, records: Sequence[FlaggedRecord]) -> int: ...  # one transaction
+
+
+class DeadLetterSink(Protocol):
+    def send(self, rejections: Sequence[Rejection]) -> None: ...  # returns once acknowledged
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    poll_timeout_s: float = 0.5
+    max_records: int = 2000
+    retry_initial_s: float = 0.2
+    retry_max_s: float = 10.0
+    policy: DecodePolicy = field(default_factory=DecodePolicy)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one committed batch did, for callers that watch the loop (demo, benchmarks)."""
+
+    consumed: int
+    scored: int
+    flagged: int
+    rejected: int
+    stored: int
+    committed_at: float  # wall clock, seconds
+    timestamps_ms: np.ndarray  # Kafka timestamps of the batch's messages
+
+
+@dataclass
+class RunTotals:
+    batches: int = 0
+    consumed: int = 0
+    scored: int = 0
+    flagged: int = 0
+    rejected: int = 0
+    stored: int = 0
+
+
+class Stopped(Exception):  # noqa: N818
+    """Shutdown was requested inside a retry loop: the batch is abandoned, uncommitted."""
+
+
+def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
+    groups: dict[str, list[Message]] = defaultdict(list)
+    for message in messages:
+        groups[message.topic].append(message)
+    return groups
+
+
+def _next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
+    offsets: dict[tuple[str, int], int] = {}
+    for m in messages:
+        key = (m.topic, m.partition)
+        offsets[key] = max(offsets.get(key, 0), m.offset + 1)
+    return offsets
+
+
+class ConsumerLoop:
+    """Wires a source, the detector and the sinks together; ``run`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        detector: Detector,
+        sink: FlaggedSink,
+        dead_letters: DeadLetterSink,
+        metrics: StreamMetrics,
+        settings: LoopSettings | None = None,
+        clock: Callable[[], float] = time.time,
+        on_batch: Callable[[BatchReport], None] | None = None,
+    ) -> None:
+        self.source, self.detector, self.sink = source, detector, sink
+        self.dead_letters, self.metrics = dead_letters, metrics
+        self.settings = settings or LoopSettings()
+        self.clock = clock
+        self.on_batch = on_batch
+        self.totals = RunTotals()
+
+    def run(self, stop: threading.Event) -> RunTotals:
+        while not stop.is_set():
+            messages = self.source.poll(self.settings.poll_timeout_s, self.settings.max_records)
+            if not messages:
+                self.metrics.idle(self.clock())
+                self._publish_lag()
+                continue
+            try:
+                self.process(messages, stop)
+            except Stopped as exc:
+                log.warning(
+                    "shutdown while retrying %s: batch left uncommitted for redelivery", exc
+                )
+                break
+        return self.totals
+
+    def process(self, messages: Sequence[Message], stop: threading.Event) -> None:
+        """Handle one polled batch end to end; raises Stopped if shutdown interrupts a retry."""
+        started = time.perf_counter()
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        batches = [
+            score_messages(topic, msgs, self.detector, self.settings.policy, now)
+            for topic, msgs in _group_by_topic(messages).items()
+        ]
+        flagged = [r for b in batches for r in b.flagged]
+        rejected = [r for b in batches for r in b.rejections]
+
+        stored, unstorable = self._store(flagged, stop)
+        rejected += unstorable
+        if rejected:
+            self._retry(
+                lambda: self.dead_letters.send(rejected),
+                "publishing dead letters",
+                stop,
+                on_error=self.metrics.deadletter_error,
+            )
+        committed_at = self.clock()
+        if not self.source.commit(_next_offsets(messages)):
+            self.metrics.commit_failure()
+            log.warning(
+                "offset commit refused (group rebalanced): %d records will be "
+                "redelivered; the database absorbs the repeat",
+                len(messages),
+            )
+        self._account(batches, unstorable, stored, committed_at, time.perf_counter() - started)
+
+    def _retry(
+        self,
+        action: Callable[[], T],
+        what: str,
+        stop: threading.Event,
+        *,
+        on_error: Callable[[], None],
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> T:
+        """Run ``action`` until it succeeds, backing off while it raises Unavailable."""
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                return action()
+            except Unavailable as exc:
+                on_error()
+                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+                if stop.wait(delay):
+                    raise Stopped(what) from exc
+                on_retry()
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    def _store(
+        self, flagged: list[FlaggedRecord], stop: threading.Event
+    ) -> tuple[int, list[Rejection]]:
+        """Write flagged records; records no database accepts become rejections."""
+        pending = list(flagged)
+        unstorable: list[Rejection] = []
+        while True:
+            rows = pending
+            try:
+                stored = self._retry(
+                    lambda: self.sink.write(rows),  # noqa: B023  (called before rows changes)
+                    "writing flagged records",
+                    stop,
+                    on_error=self.metrics.db_write_error,
+                    on_retry=self.metrics.db_write_retry,
+                )
+            except UnstorableRecord as exc:
+                pending = [r for r in pending if r is not exc.record]
+                unstorable.append(self._rejection_for(exc.record, exc.detail))
+            else:
+                return stored, unstorable
+
+    @staticmethod
+    def _rejection_for(record: FlaggedRecord, detail: str) -> Rejection:
+        # The dead letter carries what we have: the original record re-encoded as JSON.
+        message = Message(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.kafka_timestamp,
+            record.key.encode() if record.key is not None else None,
+            orjson.dumps(record.record, option=orjson.OPT_NON_STR_KEYS),
+        )
+        return Rejection(message, UNSTORABLE, detail)
+
+    def _account(
+        self,
+        batches: list[TopicBatch],
+        unstorable: list[Rejection],
+        stored: int,
+        committed_at: float,
+        duration_s: float,
+    ) -> None:
+        m = self.metrics
+        extra = Counter(r.message.topic for r in unstorable)
+        timestamps: list[int] = []
+        for b in batches:
+            m.record_consumed(b.topic, b.consumed)
+            reasons = Counter(r.reason for r in b.rejections)
+            if extra[b.topic]:
+                reasons[UNSTORABLE] += extra[b.topic]
+            if reasons:
+                m.record_rejects(b.topic, reasons)
+            if b.scores is not None:
+                s = b.scores
+                m.record_scores(
+                    b.topic,
+                    score=s.score,
+                    flagged=s.flagged,
+                    severity=s.severity,
+                    density=s.density,
+                    reconstruction=s.reconstruction,
+                    clusters=s.cluster,
+                    p_values=s.p_value,
+                )
+            ts = [msg.timestamp_ms for msg in b.scored_messages]
+            ts += [r.message.timestamp_ms for r in b.rejections]
+            times = np.array([t / 1000.0 if t >= 0 else np.nan for t in ts])
+            m.record_persisted(b.topic, times, committed_at)
+            timestamps += ts
+        m.batch_done(duration_s, self.clock())
+        self._publish_lag()
+
+        scored = sum(len(b.scored_messages) for b in batches)
+        n_flagged = sum(len(b.flagged) for b in batches) - len(unstorable)
+        rejected = sum(len(b.rejections) for b in batches) + len(unstorable)
+        consumed = sum(b.consumed for b in batches)
+        t = self.totals
+        t.batches += 1
+        t.consumed += consumed
+        t.scored += scored
+        t.flagged += n_flagged
+        t.rejected += rejected
+        t.stored += stored
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchReport(
+                    consumed,
+                    scored,
+                    n_flagged,
+                    rejected,
+                    stored,
+                    committed_at,
+                    np.array(timestamps, dtype=np.int64),
+                )
+            )
+
+    def _publish_lag(self) -> None:
+        for (topic, partition), lag in self.source.lag().items():
+            self.metrics.set_lag(topic, partition, lag)

@@ -1,0 +1,273 @@
+"""Kafka adapters (kafka-python): the consumer-group source, the dead-letter producer, topic
+creation. Settings follow ../shared/notes/infrastructure.md: manual commits, a 6 s session
+(group joins in ~3 s on Tansu, and it is Kafka's minimum), a short fetch wait for latency,
+fast reconnects, lag from the fetch high watermark, and a non-idempotent producer with retries
+(an idempotent one dies for good when a broker loses its state)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kafka import (
+    ConsumerRebalanceListener,
+    KafkaAdminClient,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.admin import NewTopic
+from kafka.errors import (
+    CommitFailedError,
+    KafkaConfigurationError,
+    KafkaError,
+    TopicAlreadyExistsError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from detector.errors import LatentwatchError
+from streams.consumer import Offsets, Unavailable
+from streams.messages import Message, Rejection
+
+log = logging.getLogger("latentwatch.kafka")
+
+DEADLETTER_SUFFIX = ".deadletter"
+# A commit that cannot reach the coordinator gives up after this; the batch is redelivered.
+_COMMIT_TIMEOUT_MS = 10_000
+
+
+class KafkaSettingsError(LatentwatchError):
+    """The Kafka client settings are invalid; retrying cannot help."""
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str
+    group: str = "latentwatch"
+    topics: tuple[str, ...] = ()
+    session_timeout_ms: int = 6000
+    fetch_max_wait_ms: int = 50
+    auto_offset_reset: str = "earliest"
+    client_id: str = "latentwatch"
+    # Passed to every kafka-python client as is: security_protocol, sasl_*, ssl_* ...
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _consumer_config(s: KafkaSettings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": s.bootstrap.split(","),
+        "group_id": s.group,
+        "client_id": s.client_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": s.auto_offset_reset,
+        "session_timeout_ms": s.session_timeout_ms,
+        # a third of the session, at most 1 s (Kafka requires it below the session timeout)
+        "heartbeat_interval_ms": max(min(1000, s.session_timeout_ms // 3), 1),
+        "fetch_max_wait_ms": s.fetch_max_wait_ms,
+        "reconnect_backoff_max_ms": 1000,
+        "bootstrap_timeout_ms": 5000,
+        "metrics_enabled": False,
+        **s.extra,
+    }
+
+
+def connect(
+    factory: Callable[[], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
+) -> Any:
+    """Create a client, retrying with backoff while no broker answers (broker down at start).
+    Returns None if ``stop`` is set first."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return factory()
+        except KafkaConfigurationError as exc:
+            raise KafkaSettingsError(f"{what}: invalid Kafka settings: {exc}") from None
+        except (KafkaError, OSError) as exc:
+            log.warning("%s: cannot reach Kafka (%s); retrying in %.1f s", what, exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, max_delay_s)
+    return None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Nothing is pending at a revocation: the loop commits each batch before polling again,
+    and rebalances only happen inside poll(). So revocation needs only bookkeeping."""
+
+    def __init__(self, on_revoked: Callable[[], None]) -> None:
+        self._on_revoked = on_revoked
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        if revoked:  # the first join "revokes" nothing
+            log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+            self._on_revoked()
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaSource:
+    """A consumer-group member of ``settings.topics`` that commits only what it is told to."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        stop: threading.Event,
+        on_revoked: Callable[[], None] = lambda: None,
+    ) -> None:
+        consumer = connect(
+            lambda: KafkaConsumer(**_consumer_config(settings)),
+            f"consumer of {', '.join(settings.topics)}",
+            stop,
+        )
+        self._consumer: KafkaConsumer | None = consumer
+        if consumer is not None:
+            consumer.subscribe(list(settings.topics), listener=_Rebalance(on_revoked))
+
+    @property
+    def connected(self) -> bool:
+        return self._consumer is not None
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        assert self._consumer is not None
+        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        return [
+            Message(
+                r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
+            )
+            for records in polled.values()
+            for r in records
+        ]
+
+    def commit(self, offsets: Offsets) -> bool:
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(
+                {
+                    TopicPartition(t, p): OffsetAndMetadata(o, "", -1)
+                    for (t, p), o in offsets.items()
+                },
+                timeout_ms=_COMMIT_TIMEOUT_MS,
+            )
+        except CommitFailedError as exc:
+            log.warning("commit failed: %s", exc)
+            return False
+        except KafkaError as exc:
+            log.warning("commit failed (%s): the batch will be redelivered", exc)
+            return False
+        return True
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark (from fetch responses) minus position, per assigned partition."""
+        assert self._consumer is not None
+        out: dict[tuple[str, int], int] = {}
+        for tp in self._consumer.assignment():
+            high = self._consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                position = self._consumer.position(tp, timeout_ms=100)
+            except KafkaError:
+                continue
+            if position is not None:
+                out[(tp.topic, tp.partition)] = max(high - position, 0)
+        return out
+
+    def close(self) -> None:
+        """Leave the group cleanly (a fast rebalance for the others); never commit here."""
+        if self._consumer is not None:
+            self._consumer.close(autocommit=False)
+            self._consumer = None
+
+
+def make_producer(
+    bootstrap: str, extra: Mapping[str, Any] | None = None, **overrides: Any
+) -> KafkaProducer:
+    config: dict[str, Any] = {
+        "bootstrap_servers": bootstrap.split(","),
+        "client_id": "latentwatch",
+        "acks": "all",
+        "enable_idempotence": False,
+        "retries": 5,
+        "linger_ms": 20,
+        "batch_size": 262_144,
+        "reconnect_backoff_max_ms": 1000,
+        "bootstrap_timeout_ms": 5000,
+        **(extra or {}),
+        **overrides,
+    }
+    return KafkaProducer(**config)
+
+
+def _text(value: object) -> bytes:
+    return str(value).encode("utf-8", "replace")
+
+
+class DeadLetterProducer:
+    """Publishes rejected messages: original key and bytes, the reason and source position in
+    headers. ``send`` returns only when the broker acknowledged every one."""
+
+    def __init__(
+        self, producer: KafkaProducer, topic: str | None = None, timeout_s: float = 10.0
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._timeout_s = timeout_s
+
+    def topic_for(self, source_topic: str) -> str:
+        return self._topic or source_topic + DEADLETTER_SUFFIX
+
+    def send(self, rejections: Sequence[Rejection]) -> None:
+        futures = []
+        try:
+            for r in rejections:
+                m = r.message
+                headers = [
+                    *((k, v) for k, v in m.headers if v is not None),
+                    ("latentwatch-reason", _text(r.reason)),
+                    ("latentwatch-detail", _text(r.detail[:1000])),
+                    ("latentwatch-source-topic", _text(m.topic)),
+                    ("latentwatch-source-partition", _text(m.partition)),
+                    ("latentwatch-source-offset", _text(m.offset)),
+                    ("latentwatch-source-timestamp", _text(m.timestamp_ms)),
+                ]
+                futures.append(
+                    self._producer.send(
+                        self.topic_for(m.topic), value=m.value, key=m.key, headers=headers
+                    )
+                )
+            self._producer.flush(timeout=self._timeout_s)
+            for future in futures:
+                future.get(timeout=self._timeout_s)
+        except (KafkaError, OSError) as exc:
+            raise Unavailable(f"dead-letter topic: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Sequence[str],
+    partitions: int = 1,
+    extra: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap.split(","), client_id="latentwatch", **(extra or {})
+    )
+    created: list[str] = []
+    try:
+        existing = set(admin.list_topics())
+        new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        for topic in new:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+    return created

@@ -1,0 +1,294 @@
+"""Helpers for the stream tests against the real broker and real databases: run a consumer (as
+a thread or as a process that can be SIGKILLed), produce records, read what was stored and what
+was dead-lettered, and cut a database connection with a TCP proxy."""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client import CollectorRegistry
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from detector.detector import Detector
+from latentwatch.service import ConsumeSettings, run_consumer
+from streams.consumer import BatchReport, RunTotals
+from streams.kafka import make_producer
+
+# Tansu completes a group join after about session_timeout / 2: keep it short in tests.
+SESSION_TIMEOUT_MS = 1000
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def settings(
+    model: Path, bootstrap: str, topic: str, db: str, group: str, **changes: Any
+) -> ConsumeSettings:
+    base: dict[str, Any] = {
+        "model": model,
+        "bootstrap": bootstrap,
+        "topics": (topic,),
+        "db": db,
+        "group": group,
+        "metrics_port": None,
+        "session_timeout_ms": SESSION_TIMEOUT_MS,
+        "max_records": 500,
+        "poll_timeout_s": 0.2,
+    }
+    base.update(changes)
+    return ConsumeSettings(**base)
+
+
+@dataclass
+class ThreadConsumer:
+    """A consumer running in a thread of this process, with its own metrics registry."""
+
+    settings: ConsumeSettings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    stop: threading.Event = field(default_factory=threading.Event)
+    reports: list[BatchReport] = field(default_factory=list)
+    totals: RunTotals | None = None
+    error: BaseException | None = None
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.totals = run_consumer(
+                self.settings, self.stop, registry=self.registry, on_batch=self.reports.append
+            )
+        except BaseException as exc:  # surfaced by close()
+            self.error = exc
+
+    def start(self) -> ThreadConsumer:
+        self._thread.start()
+        return self
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def partitions(self) -> set[tuple[str, str]]:
+        """Partitions this member owns now (it publishes a lag series for each)."""
+        return {
+            (s.labels["topic"], s.labels["partition"])
+            for metric in self.registry.collect()
+            if metric.name == "latentwatch_consumer_lag"
+            for s in metric.samples
+        }
+
+    @property
+    def consumed(self) -> int:
+        return sum(r.consumed for r in self.reports)
+
+    def close(self, timeout_s: float = 30.0) -> RunTotals:
+        self.stop.set()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "consumer thread did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.totals is not None
+        return self.totals
+
+
+@contextlib.contextmanager
+def thread_consumer(s: ConsumeSettings) -> Iterator[ThreadConsumer]:
+    consumer = ThreadConsumer(s).start()
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def process_consumer(s: ConsumeSettings, log: Path) -> subprocess.Popen[bytes]:
+    """`latentwatch consume` as a child process (so that it can be killed like a crash)."""
+    argv = [
+        sys.executable,
+        "-m",
+        "latentwatch",
+        "consume",
+        "--model",
+        str(s.model),
+        "--bootstrap",
+        s.bootstrap,
+        "--db",
+        s.db,
+        "--group",
+        s.group,
+        "--metrics-port",
+        "-1",
+        "--session-timeout-ms",
+        str(s.session_timeout_ms),
+        "--max-records",
+        str(s.max_records),
+        "--log-level",
+        "info",
+    ]
+    for topic in s.topics:
+        argv += ["--topic", topic]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+
+def producer(bootstrap: str) -> KafkaProducer:
+    return make_producer(bootstrap, linger_ms=5)
+
+
+def produce(
+    bootstrap: str, topic: str, values: Sequence[bytes], rate: float | None = None
+) -> list[tuple[int, int]]:
+    """Send and wait for every ack; (partition, offset) of each value, in order."""
+    p = producer(bootstrap)
+    try:
+        futures = []
+        start = time.monotonic()
+        for i, value in enumerate(values):
+            if rate:
+                ahead = start + i / rate - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            futures.append(p.send(topic, value=value))
+        p.flush(timeout=30)
+        metadata = [f.get(timeout=30) for f in futures]
+    finally:
+        p.close(timeout=5)
+    return [(m.partition, m.offset) for m in metadata]
+
+
+def encode(records: Sequence[dict[str, object]]) -> list[bytes]:
+    return [orjson.dumps(r) for r in records]
+
+
+def should_flag(detector: Detector, records: Sequence[dict[str, object]]) -> set[str]:
+    """Ids of the records the model flags (scoring is deterministic)."""
+    flagged = detector.score_records(list(records)).flagged
+    return {str(r["id"]) for r, f in zip(records, flagged, strict=True) if f}
+
+
+def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    "SELECT record_id, kafka_partition, kafka_offset, kafka_timestamp "
+                    "FROM flagged_records WHERE topic = :topic"
+                ),
+                {"topic": topic},
+            )
+            return [dict(r._mapping) for r in rows]
+    except Exception:  # no table yet: nothing stored
+        return []
+    finally:
+        engine.dispose()
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
+    """Every message of a topic (e.g. the dead letters), waiting until ``expected`` arrived."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < expected and time.monotonic() < deadline:
+            out.extend(consumer)
+    finally:
+        consumer.close()
+    return out
+
+
+class TcpProxy:
+    """A loopback TCP forwarder that can cut every connection and refuse new ones (a database
+    that went away), then come back on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._listener: socket.socket | None = None
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(a: socket.socket, b: socket.socket) -> None:
+        sockets = [a, b]
+        try:
+            while True:
+                readable, _, _ = select.select(sockets, [], [], 1.0)
+                for s in readable:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            return
+        finally:
+            a.close()
+            b.close()
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self.cut()

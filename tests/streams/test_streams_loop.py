@@ -1,0 +1,294 @@
+"""The consumer loop with in-memory fakes: commit only after the sinks succeeded, bad input to
+dead letters, infrastructure failures retried without commit, shutdown leaves work uncommitted."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import orjson
+import pytest
+from conftest import Model
+from prometheus_client import CollectorRegistry
+
+from storage.records import FlaggedRecord
+from streams.consumer import (
+    BatchReport,
+    ConsumerLoop,
+    LoopSettings,
+    Offsets,
+    Unavailable,
+    UnstorableRecord,
+)
+from streams.messages import Message, Rejection
+from streams.metrics import StreamMetrics
+
+FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)
+
+
+class Journal(list[str]):
+    """The order in which the fakes were called."""
+
+
+class FakeSource:
+    def __init__(
+        self,
+        batches: list[list[Message]],
+        journal: Journal,
+        stop: threading.Event,
+        accept_commits: bool = True,
+    ) -> None:
+        self.batches, self.journal, self.stop = list(batches), journal, stop
+        self.committed: list[dict[tuple[str, int], int]] = []
+        self.accept_commits = accept_commits
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        if not self.batches:
+            self.stop.set()
+            return []
+        return self.batches.pop(0)
+
+    def commit(self, offsets: Offsets) -> bool:
+        self.journal.append("commit")
+        self.committed.append(dict(offsets))
+        return self.accept_commits
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("t", 0): 0}
+
+
+class FakeSink:
+    def __init__(
+        self,
+        journal: Journal,
+        failures: int = 0,
+        unstorable_id: str | None = None,
+        stop_after_failures: threading.Event | None = None,
+    ) -> None:
+        self.journal, self.failures, self.unstorable_id = journal, failures, unstorable_id
+        self.stop_after_failures = stop_after_failures
+        self.rows: list[FlaggedRecord] = []
+
+    def write(self, records: Sequence[FlaggedRecord]) -> int:
+        self.journal.append("write")
+        if self.failures:
+            self.failures -= 1
+            if self.stop_after_failures is not None and self.failures == 0:
+                self.stop_after_failures.set()
+            raise Unavailable("database: connection refused")
+        for r in records:
+            if r.record_id == self.unstorable_id:
+                raise UnstorableRecord(r, "NUL character in record")
+        self.rows.extend(records)
+        return len(records)
+
+
+class FakeDeadLetters:
+    def __init__(self, journal: Journal, failures: int = 0) -> None:
+        self.journal, self.failures = journal, failures
+        self.sent: list[Rejection] = []
+
+    def send(self, rejections: Sequence[Rejection]) -> None:
+        self.journal.append("deadletters")
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("broker down")
+        self.sent.extend(rejections)
+
+
+def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[Message]:
+    return [
+        Message("t", partition, start + i, 1_790_000_000_000 + i, None, v)
+        for i, v in enumerate(values)
+    ]
+
+
+def encoded(records: list[dict[str, object]]) -> list[bytes]:
+    return [orjson.dumps(r) for r in records]
+
+
+def make_loop(
+    model: Model,
+    source: FakeSource,
+    sink: FakeSink,
+    dead: FakeDeadLetters,
+    reports: list[BatchReport] | None = None,
+    settings: LoopSettings = FAST_RETRY,
+) -> tuple[ConsumerLoop, CollectorRegistry]:
+    registry = CollectorRegistry()
+    metrics = StreamMetrics(registry, topics=["t"])
+    d = model.detector
+    metrics.set_model(
+        d.version, d.schema.fingerprint(), "now", d.calibrations.fpr, d.cluster_shares.tolist()
+    )
+    loop = ConsumerLoop(
+        source,
+        detector=d,
+        sink=sink,
+        dead_letters=dead,
+        metrics=metrics,
+        settings=settings,
+        clock=lambda: 1_790_000_001.0,
+        on_batch=reports.append if reports is not None else None,
+    )
+    return loop, registry
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_commit_comes_after_the_database_and_the_dead_letters(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    batch = messages([*encoded(model.stream.normal[:30] + model.stream.anomalous[:10]), b"oops"])
+    source = FakeSource([batch], journal, stop)
+    sink, dead = FakeSink(journal), FakeDeadLetters(journal)
+    reports: list[BatchReport] = []
+    loop, registry = make_loop(model, source, sink, dead, reports)
+    loop.run(stop)
+    assert journal == ["write", "deadletters", "commit"]
+    assert source.committed == [{("t", 0): 41}]  # the next offset to read
+    flagged_ids = [r.record_id or "" for r in sink.rows]
+    assert sum(i.startswith("m") for i in flagged_ids) >= 8  # the malignant records
+    assert sum(i.startswith("b") for i in flagged_ids) <= 3
+    assert all(r.model_version == model.detector.version for r in sink.rows)
+    assert [r.reason for r in dead.sent] == ["not_json"]
+    assert reports[0].consumed == 41 and reports[0].rejected == 1
+    assert reports[0].scored == 40 and reports[0].flagged == len(sink.rows)
+    assert value(registry, "latentwatch_records_consumed_total", topic="t") == 41
+    assert value(registry, "latentwatch_records_scored_total", topic="t") == 40
+    assert value(registry, "latentwatch_records_flagged_total", topic="t") == len(sink.rows)
+    assert value(registry, "latentwatch_records_rejected_total", topic="t", reason="not_json") == 1
+
+
+def test_flagged_rows_carry_position_scores_and_explanation(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    anomalous = model.stream.anomalous[:5]
+    source = FakeSource([messages(encoded(anomalous), partition=3, start=100)], journal, stop)
+    sink = FakeSink(journal)
+    loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal))
+    loop.run(stop)
+    row = sink.rows[0]
+    original = next(r for r in anomalous if r["id"] == row.record_id)
+    assert (row.topic, row.partition) == ("t", 3) and 100 <= row.offset < 105
+    assert row.kafka_timestamp == 1_790_000_000_000 + row.offset - 100
+    assert row.record == original
+    assert row.severity > 0 and row.p_value < model.detector.calibrations.fpr
+    assert row.score == pytest.approx(row.density + row.reconstruction)
+    features = row.explanation["features"]
+    assert row.top_feature == features[0]["name"]
+    assert features[0]["actual"] == original[features[0]["name"]]
+    assert {"name", "actual", "expected", "contribution", "share"} <= set(features[0])
+    assert len(row.explanation["latent_2d"]) == 2
+    assert row.event_time is not None and row.event_time.timestamp() == pytest.approx(
+        row.kafka_timestamp / 1000
+    )
+
+
+def test_poison_messages_never_stop_the_stream(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    good = encoded(model.stream.normal[:20])
+    bad = [b"\xff", b"{", b"[]", b'{"mean_radius": "big"}', b'{"other": 1}', b'{"x": NaN}']
+    source = FakeSource([messages(bad + good)], journal, stop)
+    dead = FakeDeadLetters(journal)
+    reports: list[BatchReport] = []
+    loop, registry = make_loop(model, source, FakeSink(journal), dead, reports)
+    loop.run(stop)
+    assert sorted(r.reason for r in dead.sent) == sorted(
+        [
+            "not_utf8",
+            "not_json",
+            "not_an_object",
+            "wrong_type",
+            "missing_required",
+            "non_finite_number",
+        ]
+    )
+    assert reports[0].scored == 20
+    assert source.committed == [{("t", 0): 26}]
+    for reason in ("not_utf8", "not_json", "wrong_type", "missing_required"):
+        assert value(registry, "latentwatch_records_rejected_total", topic="t", reason=reason) == 1
+
+
+def test_database_outage_is_retried_and_nothing_is_committed_meanwhile(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages(encoded(model.stream.anomalous[:5]))], journal, stop)
+    sink = FakeSink(journal, failures=3)
+    loop, registry = make_loop(model, source, sink, FakeDeadLetters(journal))
+    loop.run(stop)
+    assert journal == ["write"] * 4 + ["commit"]
+    assert len(sink.rows) > 0
+    assert value(registry, "latentwatch_db_write_errors_total") == 3
+    assert value(registry, "latentwatch_db_write_retries_total") == 3
+
+
+def test_shutdown_during_an_outage_leaves_the_batch_uncommitted(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages(encoded(model.stream.anomalous[:5]))], journal, stop)
+    source.batches.append(messages(encoded(model.stream.normal[:5]), start=5))
+    sink = FakeSink(journal, failures=2, stop_after_failures=stop)
+    loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal))
+    loop.run(stop)
+    assert "commit" not in journal
+    assert source.committed == []
+    assert len(source.batches) == 1  # the loop stopped: no further poll
+
+
+def test_dead_letter_outage_is_retried_before_the_commit(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages([b"bad", *encoded(model.stream.normal[:3])])], journal, stop)
+    dead = FakeDeadLetters(journal, failures=2)
+    loop, registry = make_loop(model, source, FakeSink(journal), dead)
+    loop.run(stop)
+    assert journal[-4:] == ["deadletters", "deadletters", "deadletters", "commit"]
+    assert len(dead.sent) == 1
+    assert value(registry, "latentwatch_deadletter_errors_total") == 2
+
+
+def test_a_record_no_database_accepts_goes_to_dead_letters(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    anomalous = model.stream.anomalous[:10]
+    source = FakeSource([messages(encoded(anomalous))], journal, stop)
+    flagged_ids = [
+        r["id"]
+        for r, f in zip(anomalous, model.detector.score_records(anomalous).flagged, strict=True)
+        if f
+    ]
+    victim = str(flagged_ids[0])
+    sink, dead = FakeSink(journal, unstorable_id=victim), FakeDeadLetters(journal)
+    loop, registry = make_loop(model, source, sink, dead)
+    loop.run(stop)
+    assert victim not in {r.record_id for r in sink.rows}
+    assert len(sink.rows) == len(flagged_ids) - 1
+    assert [(r.reason, orjson.loads(r.message.value or b"")["id"]) for r in dead.sent] == [
+        ("unstorable", victim)
+    ]
+    assert journal[-1] == "commit"
+    assert (
+        value(registry, "latentwatch_records_rejected_total", topic="t", reason="unstorable") == 1
+    )
+
+
+def test_a_refused_commit_is_counted_and_the_loop_goes_on(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    batches = [
+        messages(encoded(model.stream.normal[:3])),
+        messages(encoded(model.stream.normal[3:6]), start=3),
+    ]
+    source = FakeSource(batches, journal, stop, accept_commits=False)
+    loop, registry = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
+    totals = loop.run(stop)
+    assert totals.batches == 2
+    assert value(registry, "latentwatch_commit_failures_total") == 2
+
+
+def test_offsets_are_committed_per_partition(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    records = encoded(model.stream.normal[:6])
+    batch = messages(records[:3], partition=0, start=10) + messages(
+        records[3:], partition=1, start=40
+    )
+    source = FakeSource([batch], journal, stop)
+    loop, _ = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
+    loop.run(stop)
+    assert source.committed == [{("t", 0): 13, ("t", 1): 43}]

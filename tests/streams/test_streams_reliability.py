@@ -1,0 +1,297 @@
+"""The stream service against the real (embedded) broker and real databases: crashes,
+rebalances, broker restarts, database outages and poison messages lose nothing and store every
+flagged record exactly once. Each test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import Model
+from sqlalchemy.engine import make_url
+from stream_harness import (
+    TcpProxy,
+    encode,
+    process_consumer,
+    produce,
+    read_topic,
+    settings,
+    should_flag,
+    stored_rows,
+    thread_consumer,
+    wait_until,
+)
+
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.service import ConsumeSettings
+from streams.kafka import ensure_topics
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def stream_of(model: Model, n_normal: int, n_anomalous: int, seed: int) -> list[dict[str, object]]:
+    """Held-out normal records and injected anomalies, shuffled, each with a unique id."""
+    rng = random.Random(seed)
+    normal = [
+        dict(r, id=f"{r['id']}-{i}")
+        for i, r in enumerate(rng.choices(model.stream.normal, k=n_normal))
+    ]
+    anomalous = [
+        dict(r, id=f"{r['id']}-{i}")
+        for i, r in enumerate(rng.choices(model.stream.anomalous, k=n_anomalous))
+    ]
+    records = normal + anomalous
+    rng.shuffle(records)
+    return records
+
+
+def assert_exactly_once(db_url: str, topic: str, expected_ids: set[str]) -> None:
+    rows = stored_rows(db_url, topic)
+    ids = Counter(str(r["record_id"]) for r in rows)
+    duplicates = {i: n for i, n in ids.items() if n > 1}
+    assert not duplicates, f"stored more than once: {duplicates}"
+    missing, unexpected = expected_ids - set(ids), set(ids) - expected_ids
+    assert not missing and not unexpected, f"missing {missing}, unexpected {unexpected}"
+
+
+def crash_after_progress(
+    s: ConsumeSettings,
+    log: Path,
+    db_url: str,
+    topic: str,
+    sender: threading.Thread,
+    rng: random.Random,
+) -> None:
+    """Start a consumer process, let it store something (or the stream end), then SIGKILL it
+    at a random moment."""
+    proc = process_consumer(s, log)
+    before = len(stored_rows(db_url, topic))
+    try:
+        wait_until(
+            lambda: (
+                len(stored_rows(db_url, topic)) > before
+                or not sender.is_alive()
+                or proc.poll() is not None
+            ),
+            30,
+            "the consumer to store something",
+        )
+        assert proc.poll() is None, f"the consumer exited: {log.read_text()[-2000:]}"
+        time.sleep(rng.uniform(0.0, 1.0))
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_sigkilled_consumer_loses_and_duplicates_nothing(
+    model: Model, broker: EmbeddedBroker, topic: str, db_url: str, tmp_path: Path
+) -> None:
+    records = stream_of(model, 3000, 150, seed=1)
+    expected = should_flag(model.detector, records)
+    ensure_topics(broker.bootstrap, [topic], partitions=3)
+    s = settings(model.path, broker.bootstrap, topic, db_url, group=f"g-{topic}")
+    sender = threading.Thread(
+        target=produce, args=(broker.bootstrap, topic, encode(records)), kwargs={"rate": 600.0}
+    )
+    sender.start()
+    log = tmp_path / "consumer.log"
+    rng = random.Random(7)
+    kills = 0
+    while sender.is_alive() or kills < 3:
+        crash_after_progress(s, log, db_url, topic, sender, rng)
+        kills += 1
+    sender.join()
+    proc = process_consumer(s, log)
+    try:
+        wait_until(
+            lambda: len(stored_rows(db_url, topic)) >= len(expected),
+            60,
+            f"{len(expected)} flagged records after {kills} crashes (log: {log})",
+        )
+        time.sleep(1.0)  # a late duplicate would show up here
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert_exactly_once(db_url, topic, expected)
+
+
+def test_two_consumers_split_partitions_and_one_leaves(
+    model: Model, broker: EmbeddedBroker, topic: str, db_url: str
+) -> None:
+    first, second = stream_of(model, 800, 40, seed=2), stream_of(model, 800, 40, seed=3)
+    second = [dict(r, id=f"second-{r['id']}") for r in second]
+    ensure_topics(broker.bootstrap, [topic], partitions=4)
+    s = settings(model.path, broker.bootstrap, topic, db_url, group=f"g-{topic}")
+    with thread_consumer(s) as a:
+        with thread_consumer(s) as b:
+            wait_until(
+                lambda: (
+                    len(a.partitions()) + len(b.partitions()) == 4
+                    and bool(a.partitions())
+                    and bool(b.partitions())
+                ),
+                30,
+                "the two members to share the four partitions",
+            )
+            produce(broker.bootstrap, topic, encode(first))
+            wait_until(lambda: a.consumed + b.consumed >= len(first), 30, "the first half")
+            assert a.consumed > 0 and b.consumed > 0, "both members should own partitions"
+        # b left the group cleanly; a takes over every partition
+        produce(broker.bootstrap, topic, encode(second))
+        wait_until(
+            lambda: (
+                len(stored_rows(db_url, topic)) >= len(should_flag(model.detector, first + second))
+            ),
+            30,
+            "the second half",
+        )
+    assert_exactly_once(db_url, topic, should_flag(model.detector, first + second))
+
+
+def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_path: Path) -> None:
+    """A broker that loses its log (memory storage) restarts mid-stream. Records it acknowledged
+    after coming back must all be processed; nothing is stored twice."""
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as own:
+        ensure_topics(own.bootstrap, [topic], partitions=2)
+        s = settings(model.path, own.bootstrap, topic, db_url, group=f"g-{topic}")
+        before, after = stream_of(model, 400, 20, seed=4), stream_of(model, 400, 20, seed=5)
+        after = [dict(r, id=f"after-{r['id']}") for r in after]
+        with thread_consumer(s) as consumer:
+            produce(own.bootstrap, topic, encode(before))
+            wait_until(lambda: consumer.consumed >= len(before), 30, "records before the restart")
+            own.restart(down_s=1.0)
+            ensure_topics(own.bootstrap, [topic], partitions=2)  # memory storage lost the topic
+            produce(own.bootstrap, topic, encode(after))
+            wait_until(
+                lambda: (
+                    should_flag(model.detector, after)
+                    <= {str(r["record_id"]) for r in stored_rows(db_url, topic)}
+                ),
+                60,
+                "every flagged record sent after the restart",
+            )
+    assert_exactly_once(db_url, topic, should_flag(model.detector, before + after))
+
+
+def _sqlite_path(db_url: str) -> str:
+    return str(make_url(db_url).database)
+
+
+def test_database_outage_loses_nothing(
+    model: Model, broker: EmbeddedBroker, topic: str, db_url: str, request: pytest.FixtureRequest
+) -> None:
+    """The database goes away for a while: the consumer stops committing, retries, and stores
+    every flagged record once it is back."""
+    records = stream_of(model, 600, 40, seed=6)
+    ensure_topics(broker.bootstrap, [topic], partitions=2)
+    proxy: TcpProxy | None = None
+    url = db_url
+    if db_url.startswith("postgresql"):
+        parsed = urlsplit(db_url)
+        proxy = TcpProxy((parsed.hostname or "127.0.0.1", parsed.port or 5432))
+        url = make_url(db_url).set(port=proxy.port).render_as_string(hide_password=False)
+    s = settings(model.path, broker.bootstrap, topic, url, group=f"g-{topic}")
+    try:
+        with thread_consumer(s) as consumer:
+            wait_until(
+                lambda: consumer.metric("latentwatch_last_batch_timestamp_seconds") > 0,
+                20,
+                "the consumer to start",
+            )
+            lock = None
+            if proxy is not None:
+                proxy.cut()
+            else:  # SQLite: another process holds an exclusive lock on the file
+                lock = sqlite3.connect(_sqlite_path(db_url), timeout=1)
+                lock.execute("BEGIN EXCLUSIVE")
+            produce(broker.bootstrap, topic, encode(records))
+            wait_until(
+                lambda: consumer.metric("latentwatch_db_write_errors_total") >= 2,
+                30,
+                "the consumer to notice the outage",
+            )
+            assert consumer.metric("latentwatch_records_flagged_total", topic=topic) == 0
+            if proxy is not None:
+                proxy.restore()
+            else:
+                assert lock is not None
+                lock.rollback()
+                lock.close()
+            expected = should_flag(model.detector, records)
+            wait_until(
+                lambda: len(stored_rows(db_url, topic)) >= len(expected),
+                60,
+                "the backlog after the outage",
+            )
+            assert consumer.metric("latentwatch_db_write_retries_total") >= 1
+    finally:
+        if proxy is not None:
+            proxy.close()
+    assert_exactly_once(db_url, topic, expected)
+
+
+def test_malformed_messages_go_to_dead_letters_with_their_reason(
+    model: Model, broker: EmbeddedBroker, topic: str, db_url: str
+) -> None:
+    valid = stream_of(model, 300, 15, seed=8)
+    rng = random.Random(9)
+    field = model.detector.schema.names[0]
+    corpus: dict[bytes, str] = {
+        b"not json at all": "not_json",
+        b'{"unterminated": ': "not_json",
+        b"": "not_json",
+        b'{"%s": NaN}' % field.encode(): "non_finite_number",
+        b'{"%s": Infinity}' % field.encode(): "non_finite_number",
+        b"[1, 2, 3]": "not_an_object",
+        b"42": "not_an_object",
+        b'{"%s": "wide"}' % field.encode(): "wrong_type",
+        b'{"%s": [1]}' % field.encode(): "wrong_type",
+        b'{"unrelated": 1}': "missing_required",
+        b"\xc3\x28\xa0\xa1": "not_utf8",
+        b'{"id": "' + b"x" * 5000 + b'"}': "oversized",
+    }
+    for i in range(20):  # random bytes: whatever they are, they are rejected, never fatal
+        corpus[
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))) + bytes([0xFF, i])
+        ] = "?"
+    messages = encode(valid) + list(corpus)
+    rng.shuffle(messages)
+    ensure_topics(broker.bootstrap, [topic], partitions=2)
+    s = settings(
+        model.path, broker.bootstrap, topic, db_url, group=f"g-{topic}", max_message_bytes=4096
+    )
+    with thread_consumer(s) as consumer:
+        positions = dict(zip(messages, produce(broker.bootstrap, topic, messages), strict=True))
+        wait_until(lambda: consumer.consumed >= len(messages), 30, "every message")
+        scored = consumer.metric("latentwatch_records_scored_total", topic=topic)
+        rejected = {
+            reason: consumer.metric(
+                "latentwatch_records_rejected_total", topic=topic, reason=reason
+            )
+            for reason in set(corpus.values()) - {"?"} | {"other"}
+        }
+    assert scored == len(valid)
+    letters = read_topic(broker.bootstrap, f"{topic}.deadletter", expected=len(corpus))
+    assert len(letters) == len(corpus)
+    by_value = {m.value: dict(m.headers) for m in letters}
+    for value, reason in corpus.items():
+        headers = by_value[value]
+        if reason != "?":
+            assert headers["latentwatch-reason"].decode() == reason, value
+        assert headers["latentwatch-detail"]
+        partition, offset = positions[value]
+        assert headers["latentwatch-source-topic"].decode() == topic
+        assert int(headers["latentwatch-source-partition"]) == partition
+        assert int(headers["latentwatch-source-offset"]) == offset
+    counted = Counter(dict(m.headers)["latentwatch-reason"].decode() for m in letters)
+    for reason, n in rejected.items():
+        assert n == counted.get(reason, 0), reason
+    assert sum(rejected.values()) == len(corpus)
+    assert_exactly_once(db_url, topic, should_flag(model.detector, valid))
