@@ -55,8 +55,10 @@ def main() -> None:
     batches = [rows[i : i + args.batch] for i in range(0, args.rows, args.batch)]
     column_batches = [{n: b[:, j] for j, n in enumerate(names)} for b in batches]
     record_batches = [[dict(zip(names, map(float, r), strict=True)) for r in b] for b in batches]
-    encoded = [encode_columns(detector.schema, c, len(b))
-               for c, b in zip(column_batches, batches, strict=True)]
+    encoded = [
+        encode_columns(detector.schema, c, len(b))
+        for c, b in zip(column_batches, batches, strict=True)
+    ]
 
     scaler = StandardScaler().fit(train)
     iforest = IsolationForest(random_state=0).fit(train)
@@ -64,20 +66,32 @@ def main() -> None:
 
     results = {
         "latentwatch, columns in": best_rate(
-            lambda: [detector.score_columns(c, len(b)) for c, b in
-                     zip(column_batches, batches, strict=True)], args.rows, args.repeats),
+            lambda: [
+                detector.score_columns(c, len(b))
+                for c, b in zip(column_batches, batches, strict=True)
+            ],
+            args.rows,
+            args.repeats,
+        ),
         "latentwatch, records (dicts) in": best_rate(
-            lambda: [detector.score_records(r) for r in record_batches], args.rows, args.repeats),
+            lambda: [detector.score_records(r) for r in record_batches], args.rows, args.repeats
+        ),
         "latentwatch, encoded matrix in": best_rate(
-            lambda: [detector.score_encoded(e) for e in encoded], args.rows, args.repeats),
+            lambda: [detector.score_encoded(e) for e in encoded], args.rows, args.repeats
+        ),
         "IsolationForest.score_samples": best_rate(
-            lambda: [iforest.score_samples(b) for b in batches], args.rows, args.repeats),
+            lambda: [iforest.score_samples(b) for b in batches], args.rows, args.repeats
+        ),
         "LocalOutlierFactor.score_samples": best_rate(
-            lambda: [lof.score_samples(scaler.transform(b)) for b in batches], args.rows,
-            args.repeats),
+            lambda: [lof.score_samples(scaler.transform(b)) for b in batches],
+            args.rows,
+            args.repeats,
+        ),
     }
-    print(f"{args.rows} records x 30 features, batches of {args.batch}, 1 thread, "
-          f"best of {args.repeats}")
+    print(
+        f"{args.rows} records x 30 features, batches of {args.batch}, 1 thread, "
+        f"best of {args.repeats}"
+    )
     print("| scorer | records/s |")
     print("|---|---|")
     for name, rate in results.items():
