@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite talks to, only when they are missing:
-# Prometheus + promtool (Debian's `prometheus` package).
+# Prometheus + promtool (Debian's `prometheus` package) and headless Chromium (Debian's
+# `chromium`, driven by Playwright for the explorer page's browser test).
 set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
