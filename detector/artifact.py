@@ -75,6 +75,27 @@ def _calibration_summary(cal: Calibration) -> dict[str, float]:
     }
 
 
+def _latent_map_summary(detector: Detector) -> dict[str, Any]:
+    """The reference clusters on the 2-D latent map, as plain JSON: enough for a viewer (the
+    query API's explorer) to draw the model's view of the data without loading the model."""
+    lm, mix = detector.latent_map, detector.mixture
+    clusters = []
+    for c in range(mix.n_components):
+        chol = mix.precision_cholesky[c]
+        covariance = np.linalg.inv(chol @ chol.T)
+        projected = lm.components.T @ covariance @ lm.components  # 2x2
+        clusters.append(
+            {
+                "cluster": c,
+                "weight": float(mix.weights[c]),
+                "share": float(detector.cluster_shares[c]),
+                "center_2d": [float(v) for v in lm.project(mix.means[c][None, :])[0]],
+                "covariance_2d": [[float(v) for v in row] for row in projected],
+            }
+        )
+    return {"method": "pca", "clusters": clusters}
+
+
 def _model_content(detector: Detector) -> dict[str, Any]:
     """The manifest fields that determine scores (hashed into the version id)."""
     cals = detector.calibrations
@@ -88,6 +109,7 @@ def _model_content(detector: Detector) -> dict[str, Any]:
             "fpr": cals.fpr,
         },
         "mixture": {"n_components": detector.mixture.n_components},
+        "latent_map": _latent_map_summary(detector),
     }
 
 
