@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,33 @@ class Explanation:
     latent_2d: tuple[float, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able form (what storage keeps); built by hand: dataclasses.asdict deep-
+        copies every value and was the costliest step of flagging a record."""
+        return {
+            "features": [
+                {
+                    "name": f.name,
+                    "actual": f.actual,
+                    "expected": f.expected,
+                    "contribution": f.contribution,
+                    "share": f.share,
+                }
+                for f in self.features
+            ],
+            "cluster": self.cluster,
+            "cluster_distance": self.cluster_distance,
+            "latent": list(self.latent),
+            "latent_2d": list(self.latent_2d),
+        }
 
 
 def top_feature_indices(scores: ScoreBatch, top: int) -> np.ndarray:
     """For each row, the indices of its ``top`` largest field contributions, largest first."""
-    contrib = np.nan_to_num(scores.contributions, nan=-np.inf)
+    return _top_indices(scores.contributions, top)
+
+
+def _top_indices(contributions: np.ndarray, top: int) -> np.ndarray:
+    contrib = np.nan_to_num(contributions, nan=-np.inf)
     k = min(top, contrib.shape[1])
     part = np.argpartition(-contrib, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(contrib, part, axis=1), axis=1, kind="stable")
@@ -80,7 +101,8 @@ def explain(
     slices = schema.column_slices()
     total = float(scores.reconstruction[row]) or 1.0
     features = []
-    for j in top_feature_indices(scores, top)[row]:
+    contributions = np.nan_to_num(scores.contributions[row], nan=-np.inf)
+    for j in np.argsort(-contributions, kind="stable")[:top]:
         spec = schema.fields[j]
         expected = decode_field(spec, scores.expected[row : row + 1, slices[j]])[0]
         contribution = float(scores.contributions[row, j])

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -86,21 +87,27 @@ class Schema:
     # Columns seen in training that were dropped automatically, with the reason.
     dropped: tuple[tuple[str, str], ...] = field(default=())
 
-    @property
+    # Derived once per schema (they sit on the scoring path): cached_property stores into the
+    # instance __dict__ directly, which a frozen dataclass allows.
+    @cached_property
     def names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
 
-    @property
+    @cached_property
     def width(self) -> int:
         return sum(f.width for f in self.fields)
 
-    def column_slices(self) -> list[slice]:
+    @cached_property
+    def slices(self) -> tuple[slice, ...]:
         """The encoded columns of each field, in field order."""
         out, start = [], 0
         for f in self.fields:
             out.append(slice(start, start + f.width))
             start += f.width
-        return out
+        return tuple(out)
+
+    def column_slices(self) -> tuple[slice, ...]:
+        return self.slices
 
     def missing_probabilities(self) -> np.ndarray:
         """Per field, the smoothed probability of a missing value in reference data: a field

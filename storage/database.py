@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -48,7 +49,9 @@ def make_engine(url: str) -> Engine:
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
-    return create_engine(parsed, pool_pre_ping=True, json_serializer=dumps_json)
+    return create_engine(
+        parsed, pool_pre_ping=True, json_serializer=_write_json, json_deserializer=orjson.loads
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -67,6 +70,13 @@ def dumps_json(value: Any) -> str:
         separators=(",", ":"),
         default=_json_default,
     )
+
+
+def _write_json(value: Any) -> str:
+    """The engine's JSON serializer: orjson, about ten times faster than json.dumps. Records
+    reach the engine through write_flagged, whose check_storable has already refused what
+    strict JSON (dumps_json) refuses, so the two agree on everything that gets this far."""
+    return orjson.dumps(value, default=_json_default).decode()
 
 
 def _json_default(value: object) -> object:
@@ -108,12 +118,13 @@ def _sqlite_engine(url: URL) -> Engine:
             url,
             poolclass=StaticPool,
             connect_args={"check_same_thread": False},
-            json_serializer=dumps_json,
+            json_serializer=_write_json,
+            json_deserializer=orjson.loads,
         )
     else:
         if not database.startswith("file:"):
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, json_serializer=dumps_json)
+        engine = create_engine(url, json_serializer=_write_json, json_deserializer=orjson.loads)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

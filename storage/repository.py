@@ -148,7 +148,7 @@ def _check_json(value: object, what: str, record: FlaggedRecord | None = None) -
             f"{what} is not storable as JSON ({exc}): use plain Python types and finite numbers",
             record,
         ) from exc
-    if _JSON_NUL.search(text):
+    if "\\u0000" in text and _JSON_NUL.search(text):  # the substring test is the fast path
         raise UnstorableRecordError(f"{what} contains a NUL character (\\u0000)", record)
     _check_text(text, what, record)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -31,9 +31,10 @@ SCHEMA_VERSION_FIELD = "schema_version"
 _NON_FINITE_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 
 
-@dataclass(frozen=True)
-class Message:
-    """One consumed Kafka message; ``timestamp_ms`` is -1 when the broker gave none."""
+class Message(NamedTuple):
+    """One consumed Kafka message; ``timestamp_ms`` is -1 when the broker gave none. (A named
+    tuple: one is built per consumed record, and it is several times cheaper than a frozen
+    dataclass.)"""
 
     topic: str
     partition: int
@@ -41,7 +42,7 @@ class Message:
     timestamp_ms: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes | None]] = field(default=())
+    headers: Sequence[tuple[str, bytes | None]] = ()
 
     def header(self, name: str) -> bytes | None:
         for key, value in self.headers:
@@ -77,15 +78,9 @@ def decode(message: Message, policy: DecodePolicy) -> dict[str, Any] | Rejection
             message, OVERSIZED, f"{len(value)} bytes, more than the limit of {policy.max_bytes}"
         )
     try:
-        value.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Rejection(message, NOT_UTF8, f"not UTF-8: {exc.reason} at byte {exc.start}")
-    try:
-        record = orjson.loads(value)
+        record = orjson.loads(value)  # also rejects text that is not UTF-8
     except orjson.JSONDecodeError as exc:
-        if _NON_FINITE_TOKEN.search(value):
-            return Rejection(message, NON_FINITE, "NaN or Infinity is not valid JSON")
-        return Rejection(message, NOT_JSON, f"not valid JSON: {exc}")
+        return _why_not_json(message, value, exc)
     if not isinstance(record, dict):
         return Rejection(
             message, NOT_AN_OBJECT, f"a record must be a JSON object, got {type(record).__name__}"
@@ -100,6 +95,16 @@ def decode(message: Message, policy: DecodePolicy) -> dict[str, Any] | Rejection
         if rejection is not None:
             return rejection
     return record
+
+
+def _why_not_json(message: Message, value: bytes, exc: orjson.JSONDecodeError) -> Rejection:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return Rejection(message, NOT_UTF8, f"not UTF-8: {bad.reason} at byte {bad.start}")
+    if _NON_FINITE_TOKEN.search(value):
+        return Rejection(message, NON_FINITE, "NaN or Infinity is not valid JSON")
+    return Rejection(message, NOT_JSON, f"not valid JSON: {exc}")
 
 
 def _check_schema_version(

@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
 
 from storage.database import (
+    SQLITE_BUSY_TIMEOUT_MS,
     DatabaseUrlError,
     SchemaVersionError,
     current_revision,
@@ -24,6 +25,7 @@ from storage.models import Base
 
 FLAGGED_INDEXES = {
     "ix_flagged_records_scored_time_id": ["scored_time", "id"],
+    "ix_flagged_records_score_id": ["score", "id"],
     "ix_flagged_records_event_time": ["event_time"],
     "ix_flagged_records_severity_scored_time": ["severity", "scored_time"],
     "ix_flagged_records_topic_scored_time_id": ["topic", "scored_time", "id"],
@@ -155,7 +157,11 @@ def test_make_engine_sets_up_sqlite_files(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert path.exists()
-    assert pragma == {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 30_000}
+    assert pragma == {
+        "journal_mode": "wal",
+        "foreign_keys": 1,
+        "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+    }
 
 
 def test_sqlite_ddl_is_transactional(tmp_path: Path) -> None:
