@@ -82,6 +82,7 @@ class BatchReport:
     rejected: int
     stored: int
     committed_at: float  # wall clock, seconds
+    duration_s: float  # processing time of the batch
     timestamps_ms: np.ndarray  # Kafka timestamps of the batch's messages
 
 
@@ -297,6 +298,7 @@ class ConsumerLoop:
                     rejected,
                     stored,
                     committed_at,
+                    duration_s,
                     np.array(timestamps, dtype=np.int64),
                 )
             )

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from sklearn.datasets import load_breast_cancer
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
+from stream_harness import Model, Stream
 
 from detector import artifact
 from detector.detector import Detector, DetectorConfig
@@ -23,21 +23,6 @@ from detector.training import TrainingConfig
 from storage.database import upgrade
 
 FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Records to send: held-out benign (normal) and malignant (anomalous) records with ids."""
-
-    normal: list[dict[str, object]]
-    anomalous: list[dict[str, object]]
-
-
-@dataclass(frozen=True)
-class Model:
-    detector: Detector
-    path: Path
-    stream: Stream
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,24 @@ from latentwatch.service import ConsumeSettings, run_consumer
 from streams.consumer import BatchReport, RunTotals
 from streams.kafka import make_producer
 
+
+@dataclass(frozen=True)
+class Stream:
+    """Records to send: held-out benign (normal) and malignant (anomalous) records with ids."""
+
+    normal: list[dict[str, object]]
+    anomalous: list[dict[str, object]]
+
+
+@dataclass(frozen=True)
+class Model:
+    """A trained detector, its saved model directory, and records to stream at it."""
+
+    detector: Detector
+    path: Path
+    stream: Stream
+
+
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
 

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import orjson
 import pytest
-from conftest import Model
 from prometheus_client import CollectorRegistry
+from stream_harness import Model
 
 from storage.records import FlaggedRecord
 from streams.consumer import (

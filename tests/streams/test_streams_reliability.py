@@ -13,9 +13,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import Model
 from sqlalchemy.engine import make_url
 from stream_harness import (
+    Model,
     TcpProxy,
     encode,
     process_consumer,

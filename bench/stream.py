@@ -1,0 +1,259 @@
+"""Stream throughput, latency and memory, measured side by side on the embedded broker.
+
+One run, one topic of --records JSON records with 30 numeric features (scikit-learn's
+breast-cancer set resampled, 5 % malignant):
+
+1. raw ceiling: a kafka-python consumer-group member that polls, decodes each value with
+   orjson and commits after every batch, nothing else;
+2. latentwatch end to end on the same topic: consume, decode, validate, score, persist flagged
+   records to SQLite, dead-letter, commit (the consumer in this process, like the baseline);
+3. end-to-end latency (message timestamp -> batch committed) at a steady --rate;
+4. peak RSS of a `latentwatch consume` process that consumes the whole topic.
+
+    python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+from kafka import KafkaConsumer
+from sklearn.datasets import load_breast_cancer
+
+from detector import artifact
+from detector.detector import Detector
+from detector.schema import SchemaOptions
+from latentwatch.embedded import EmbeddedBroker, free_port
+from latentwatch.service import ConsumeSettings, run_consumer
+from streams.consumer import BatchReport
+from streams.kafka import ensure_topics, make_producer
+
+PARTITIONS = 4
+MAX_RECORDS = 2000
+
+
+def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]]:
+    """Training columns (half the benign rows) and n encoded stream records."""
+    data = load_breast_cancer()
+    names = [f.replace(" ", "_") for f in data.feature_names]
+    benign = np.flatnonzero(data.target == 1)
+    malignant = np.flatnonzero(data.target == 0)
+    train = benign[: len(benign) // 2]
+    rng = random.Random(seed)
+    pool = list(benign[len(benign) // 2 :])
+    values = []
+    for i in range(n):
+        row = rng.choice(malignant) if rng.random() < 0.05 else rng.choice(pool)
+        rec = {"id": f"r{i}", **dict(zip(names, map(float, data.data[row]), strict=True))}
+        values.append(orjson.dumps(rec))
+    columns = {
+        "id": [f"t{i}" for i in train],
+        **{n_: list(map(float, data.data[train, j])) for j, n_ in enumerate(names)},
+    }
+    return columns, values
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
+    producer = make_producer(bootstrap, acks=1)
+    start = time.monotonic()
+    for i, value in enumerate(values):
+        if rate:
+            ahead = start + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
+    """Records/s of a plain consumer-group member: poll, orjson decode, commit per batch."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id="bench-raw",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+        fetch_max_wait_ms=50,
+        metrics_enabled=False,
+    )
+    seen, first = 0, None
+    try:
+        while seen < n:
+            batch = consumer.poll(timeout_ms=1000, max_records=MAX_RECORDS)
+            for messages in batch.values():
+                if first is None:
+                    first = time.perf_counter()
+                for m in messages:
+                    orjson.loads(m.value)
+                seen += len(messages)
+            if batch:
+                consumer.commit()
+        assert first is not None
+        return n / (time.perf_counter() - first)
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def latentwatch_consumer(settings: ConsumeSettings) -> Iterator[list[BatchReport]]:
+    reports: list[BatchReport] = []
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_consumer, args=(settings, stop), kwargs={"on_batch": reports.append}, daemon=True
+    )
+    thread.start()
+    try:
+        yield reports
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def wait_consumed(reports: list[BatchReport], n: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while sum(r.consumed for r in reports) < n:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"latentwatch consumed {sum(r.consumed for r in reports)} of {n}")
+        time.sleep(0.05)
+
+
+def end_to_end_rate(reports: list[BatchReport]) -> float:
+    """Records/s from the first batch's start to the last batch's commit."""
+    consumed = sum(r.consumed for r in reports)
+    first_start = reports[0].committed_at - reports[0].duration_s
+    return consumed / (reports[-1].committed_at - first_start)
+
+
+def process_peak_rss_mb(settings: ConsumeSettings, n: int, workdir: Path) -> float:
+    """Run `latentwatch consume` as its own process over the topic; its peak RSS (VmHWM)."""
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "latentwatch",
+        "consume",
+        "--model",
+        str(settings.model),
+        "--bootstrap",
+        settings.bootstrap,
+        "--topic",
+        settings.topics[0],
+        "--db",
+        f"sqlite:///{workdir / 'rss.db'}",
+        "--group",
+        "bench-rss",
+        "--metrics-port",
+        str(port),
+        "--max-records",
+        str(MAX_RECORDS),
+        "--log-level",
+        "warning",
+    ]
+    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+            except OSError:
+                continue
+            consumed = sum(
+                float(line.split()[-1])
+                for line in body.decode().splitlines()
+                if line.startswith("latentwatch_records_consumed_total{")
+            )
+            if consumed >= n:
+                break
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kb = next(
+            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
+        )
+        return peak_kb / 1024
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency test, records/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="latency test duration")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    columns, values = records(args.records)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+        workdir = Path(tmp)
+        detector = Detector.fit(columns, SchemaOptions(id_column="id"))
+        artifact.save(detector, workdir / "model")
+        ensure_topics(broker.bootstrap, ["bench", "latency"], partitions=PARTITIONS)
+        produce(broker.bootstrap, "bench", values)
+
+        raw = raw_ceiling(broker.bootstrap, "bench", args.records)
+        settings = ConsumeSettings(
+            model=workdir / "model",
+            bootstrap=broker.bootstrap,
+            topics=("bench",),
+            db=f"sqlite:///{workdir / 'e2e.db'}",
+            group="bench-e2e",
+            metrics_port=None,
+            max_records=MAX_RECORDS,
+        )
+        with latentwatch_consumer(settings) as reports:
+            wait_consumed(reports, args.records, timeout_s=300)
+        e2e = end_to_end_rate(reports)
+        flagged = sum(r.flagged for r in reports)
+
+        latency_settings = ConsumeSettings(
+            model=workdir / "model",
+            bootstrap=broker.bootstrap,
+            topics=("latency",),
+            db=f"sqlite:///{workdir / 'latency.db'}",
+            group="bench-latency",
+            metrics_port=None,
+            max_records=MAX_RECORDS,
+        )
+        n_latency = int(args.rate * args.seconds)
+        with latentwatch_consumer(latency_settings) as reports:
+            time.sleep(8)  # the group join: records sent before it would measure the join
+            produce(broker.bootstrap, "latency", values[:n_latency], rate=args.rate)
+            wait_consumed(reports, n_latency, timeout_s=60)
+        latencies = np.concatenate([r.committed_at - r.timestamps_ms / 1000 for r in reports])
+        rss = process_peak_rss_mb(settings, args.records, workdir)
+
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    print(
+        f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
+        f"kafka-python, 1 torch thread; {flagged:,} flagged"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| raw ceiling (poll + orjson + commit per batch) | {raw:,.0f} records/s |")
+    print(f"| latentwatch end to end | {e2e:,.0f} records/s |")
+    print(f"| ratio (target >= 0.75) | {e2e / raw:.2f} |")
+    print(
+        f"| latency p50 / p99 at {args.rate:,.0f} records/s (target p99 < 100 ms) "
+        f"| {p50:.1f} / {p99:.1f} ms |"
+    )
+    print(f"| consumer peak RSS (target < 600 MB) | {rss:,.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
