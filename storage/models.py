@@ -121,6 +121,8 @@ class FlaggedRecordRow(Base):
         ),
         # Newest-first keyset pages, time ranges, and prune (scored_time < cutoff).
         Index("ix_flagged_records_scored_time_id", "scored_time", "id"),
+        # Pages sorted by score (the API's sort=score).
+        Index("ix_flagged_records_score_id", "score", "id"),
         Index("ix_flagged_records_event_time", "event_time"),
         # "min severity" (optionally within a time range) when few records are that severe.
         Index("ix_flagged_records_severity_scored_time", "severity", "scored_time"),

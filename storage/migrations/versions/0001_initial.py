@@ -61,6 +61,7 @@ def upgrade() -> None:
     )
     # Newest-first keyset pages (ORDER BY scored_time DESC, id DESC), time ranges, prune.
     op.create_index("ix_flagged_records_scored_time_id", "flagged_records", ["scored_time", "id"])
+    op.create_index("ix_flagged_records_score_id", "flagged_records", ["score", "id"])
     op.create_index("ix_flagged_records_event_time", "flagged_records", ["event_time"])
     op.create_index(
         "ix_flagged_records_severity_scored_time", "flagged_records", ["severity", "scored_time"]

@@ -1,0 +1,118 @@
+"""Query parameters shared by routes, turned into the typed filters of ``storage.queries``. Every
+parameter is described here once, so /openapi.json documents it wherever it is used."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from fastapi import Depends, Query
+
+from api.dependencies import invalid
+from storage.queries import FlaggedFilter, Ordering, QueryError
+
+# Text the database can store: no NUL characters (PostgreSQL refuses them in text).
+NO_NUL = r"^[^\x00]*$"
+MAX_INT32 = 2**31 - 1
+MAX_INT64 = 2**63 - 1
+
+TimeQuery = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description="ISO-8601 time, e.g. 2026-11-01T12:00:00Z or 2026-11-01; without an "
+        "offset it is UTC. start is inclusive, end exclusive; both apply to time_field.",
+        json_schema_extra={"format": "date-time"},
+    ),
+]
+SeverityQuery = Annotated[
+    float | None,
+    Query(ge=0, le=100, allow_inf_nan=False, description="Only records with severity >= this."),
+]
+
+
+def _utc(name: str, text: str | None) -> datetime | None:
+    """An ISO-8601 time as UTC. Parsed here rather than by pydantic, which would also take
+    numbers (as seconds since the epoch) where the API promises ISO-8601 only."""
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        message = f"{name} {text!r} is not an ISO-8601 time: use e.g. 2026-11-01T12:00:00Z"
+        raise invalid("query", name, message, text) from None
+    if value.utcoffset() is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        message = f"{name} {text!r} is outside the years 1..9999 in UTC"
+        raise invalid("query", name, message, text) from None
+
+
+def flagged_filter(  # noqa: PLR0917 - FastAPI passes query parameters by keyword
+    start: TimeQuery = None,
+    end: TimeQuery = None,
+    time_field: Annotated[
+        Literal["scored", "event"],
+        Query(
+            description="Which time start/end, sort=time and stats buckets use: when the "
+            "record was scored, or its event time (records without one are left out)."
+        ),
+    ] = "scored",
+    min_severity: SeverityQuery = None,
+    record_score: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=100,
+            allow_inf_nan=False,
+            description="Alias of min_severity (the name Elastic's anomaly records API uses).",
+        ),
+    ] = None,
+    topic: Annotated[
+        str | None, Query(max_length=255, pattern=NO_NUL, description="Kafka topic.")
+    ] = None,
+    model_version: Annotated[
+        str | None,
+        Query(max_length=64, pattern=NO_NUL, description="Version of the model that scored it."),
+    ] = None,
+    cluster: Annotated[
+        int | None, Query(ge=0, le=MAX_INT32, description="Nearest reference cluster.")
+    ] = None,
+    top_feature: Annotated[
+        str | None,
+        Query(max_length=1_000, pattern=NO_NUL, description="The most surprising field's name."),
+    ] = None,
+) -> FlaggedFilter:
+    if min_severity is not None and record_score is not None:
+        raise invalid(
+            "query", "record_score", "give min_severity or record_score, not both", record_score
+        )
+    try:
+        return FlaggedFilter(
+            start=_utc("start", start),
+            end=_utc("end", end),
+            time_field=time_field,
+            min_severity=min_severity if min_severity is not None else record_score,
+            topic=topic,
+            model_version=model_version,
+            cluster=cluster,
+            top_feature=top_feature,
+        )
+    except QueryError as exc:
+        raise invalid("query", "end", str(exc), end) from None
+
+
+def ordering(
+    sort: Annotated[
+        Literal["time", "score"],
+        Query(description="Order by time (see time_field) or by score; ties by id."),
+    ] = "time",
+    desc: Annotated[bool, Query(description="Newest / most anomalous first.")] = True,
+) -> Ordering:
+    return Ordering(sort=sort, descending=desc)
+
+
+FilterDep = Annotated[FlaggedFilter, Depends(flagged_filter)]
+OrderingDep = Annotated[Ordering, Depends(ordering)]

@@ -1,0 +1,165 @@
+"""The HTTP shapes (pydantic, the only place it is used). They are built from the dataclasses of
+``storage.queries`` and document the API in /openapi.json. Times are ISO-8601 UTC; scores are
+nats with higher = more anomalous."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Label = Literal["true_alarm", "false_alarm"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class FeatureOut(_Out):
+    model_config = ConfigDict(from_attributes=True, extra="allow")
+
+    name: str
+    actual: Any = Field(None, description="The record's value (null when missing).")
+    expected: Any = Field(None, description="The value the model reconstructs for this record.")
+    contribution: float | None = Field(
+        None, description="Nats this field adds to the reconstruction score."
+    )
+    share: float | None = Field(None, description="Part of the reconstruction score, 0..1.")
+
+
+class ExplanationOut(_Out):
+    model_config = ConfigDict(from_attributes=True, extra="allow")
+
+    features: list[FeatureOut] = Field(
+        default_factory=list, description="The most surprising fields first."
+    )
+    cluster: int | None = Field(None, description="Nearest reference cluster.")
+    cluster_distance: float | None = Field(
+        None, description="Mahalanobis distance to that cluster's centre."
+    )
+    latent: list[float] = Field(default_factory=list, description="The record's latent code.")
+    latent_2d: list[float] | None = Field(
+        None,
+        description="[x, y] on the model's 2-D latent map (GET /api/models: manifest.latent_map).",
+    )
+
+
+class FlaggedSummaryOut(_Out):
+    id: int
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp: int = Field(description="Kafka message timestamp, ms since the epoch.")
+    key: str | None
+    record_id: str | None
+    event_time: datetime | None
+    scored_time: datetime
+    model_version: str
+    score: float = Field(description="density + reconstruction, nats.")
+    severity: float = Field(description="0..100, from the combined p-value.")
+    p_value: float = Field(description="Combined calibrated p-value.")
+    density: float = Field(description="Latent negative log-density, nats.")
+    density_p_value: float
+    reconstruction: float = Field(description="Reconstruction error, nats.")
+    reconstruction_p_value: float
+    cluster: int
+    cluster_distance: float
+    top_feature: str | None
+    explanation: ExplanationOut
+    label: Label | None = Field(description="The current verdict: the newest feedback, if any.")
+
+
+class FeedbackOut(_Out):
+    id: int
+    label: Label
+    note: str | None
+    created_at: datetime
+
+
+class FlaggedDetailOut(FlaggedSummaryOut):
+    record: dict[str, Any] = Field(description="The original record as consumed.")
+    feedback: list[FeedbackOut] = Field(description="Every verdict, newest first.")
+    latest_feedback: FeedbackOut | None
+
+
+class FlaggedPageOut(BaseModel):
+    records: list[FlaggedSummaryOut]
+    next_cursor: str | None = Field(
+        description="Pass as cursor (with the same filters) for the next page; null at the end."
+    )
+    count: int = Field(description="Records on this page.")
+
+
+class FeedbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: Label
+    note: str | None = Field(None, max_length=2_000, description="Why; free text.")
+
+    @field_validator("note")
+    @classmethod
+    def _storable(cls, note: str | None) -> str | None:
+        if note is not None:
+            if "\x00" in note:
+                raise ValueError("note contains a NUL character")
+            try:
+                note.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("note is not valid Unicode (unpaired surrogate)") from None
+        return note
+
+
+class BucketOut(_Out):
+    start: datetime
+    count: int
+
+
+class TopicCountOut(_Out):
+    topic: str
+    count: int
+    share_of_flagged: float = Field(description="This topic's part of the counted records.")
+
+
+class StatsOut(_Out):
+    bucket_seconds: int
+    total: int
+    buckets: list[BucketOut] = Field(description="Consecutive buckets, empty ones included.")
+    topics: list[TopicCountOut] = Field(description="Most flagged first.")
+    note: str = Field(
+        "Counts of flagged records only. The flagged share of consumed records is in "
+        "Prometheus: latentwatch_records_flagged_total / latentwatch_records_consumed_total.",
+    )
+
+
+class EvaluationOut(_Out):
+    model_version: str | None
+    flagged: int
+    labelled: int = Field(description="Records with feedback (their newest verdict counts).")
+    true_alarms: int
+    false_alarms: int
+    precision: float | None = Field(description="true_alarms / labelled; null if none labelled.")
+    labelled_share: float | None = Field(description="labelled / flagged.")
+
+
+class ModelOut(_Out):
+    version: str
+    first_seen: datetime
+    last_seen: datetime
+    flagged: int = Field(description="Stored flagged records scored by this version.")
+    manifest: dict[str, Any] = Field(
+        description="The model manifest; latent_map holds the reference clusters in 2-D."
+    )
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyOut(BaseModel):
+    status: Literal["ready", "unavailable"]
+    detail: str
+
+
+class ErrorOut(BaseModel):
+    detail: str

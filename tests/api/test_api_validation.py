@@ -1,0 +1,145 @@
+"""Every bad parameter is a 422 naming the parameter with a message, never a 500. Checks that
+need no data run on one SQLite app; those that reach the database (cursors, bucket ranges)
+run on both engines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from api_data import flagged, seed
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from api.settings import ApiSettings
+from storage.database import make_engine, session_factory, upgrade
+from storage.repository import write_flagged
+
+LIST = "/api/flagged"
+# (path, query parameters, the parameter the error must name, words the message must contain)
+BAD_QUERIES: list[tuple[str, dict[str, Any], str, str]] = [
+    (LIST, {"start": "yesterday"}, "start", "not an ISO-8601 time"),
+    (LIST, {"end": "2026-13-01T00:00:00Z"}, "end", "not an ISO-8601 time"),
+    (LIST, {"end": "1700000000"}, "end", "not an ISO-8601 time"),  # no epoch seconds
+    (LIST, {"start": "2026-11-02T00:00:00Z", "end": "2026-11-01T00:00:00Z"}, "end", "not before"),
+    (LIST, {"start": "2026-11-01T00:00:00Z", "end": "2026-11-01T00:00:00Z"}, "end", "not before"),
+    (LIST, {"start": "0001-01-01T00:00:00+05:00"}, "start", "years 1..9999"),
+    (LIST, {"limit": -1}, "limit", "greater than or equal to 1"),
+    (LIST, {"limit": 0}, "limit", "greater than or equal to 1"),
+    (LIST, {"limit": 501}, "limit", "less than or equal to 500"),
+    (LIST, {"limit": "ten"}, "limit", "integer"),
+    (LIST, {"sort": "severity"}, "sort", "'time' or 'score'"),
+    (LIST, {"desc": "sideways"}, "desc", "boolean"),
+    (LIST, {"format": "xml"}, "format", "'json', 'csv' or 'jsonl'"),
+    (LIST, {"time_field": "kafka"}, "time_field", "'scored' or 'event'"),
+    (LIST, {"min_severity": -1}, "min_severity", "greater than or equal to 0"),
+    (LIST, {"min_severity": 100.5}, "min_severity", "less than or equal to 100"),
+    (LIST, {"min_severity": "nan"}, "min_severity", "finite"),
+    (LIST, {"record_score": 101}, "record_score", "less than or equal to 100"),
+    (LIST, {"min_severity": 50, "record_score": 60}, "record_score", "not both"),
+    (LIST, {"cluster": -1}, "cluster", "greater than or equal to 0"),
+    (LIST, {"cluster": 2**40}, "cluster", "less than or equal to"),
+    (LIST, {"topic": "pay\x00ments"}, "topic", "pattern"),
+    (LIST, {"topic": "t" * 256}, "topic", "at most 255"),
+    (LIST, {"cursor": "not-a-cursor"}, "cursor", "not one this API issued"),
+    (LIST, {"cursor": "W10"}, "cursor", "not one this API issued"),  # base64 of "[]"
+    ("/api/flagged/0", {}, "flagged_id", "greater than or equal to 1"),
+    ("/api/flagged/abc", {}, "flagged_id", "integer"),
+    (f"/api/flagged/{2**64}", {}, "flagged_id", "less than or equal to"),
+    ("/api/stats", {"bucket": "hourly"}, "bucket", "whole number followed by s, m, h or d"),
+    ("/api/stats", {"bucket": "0m"}, "bucket", "from 1s to 366d"),
+    ("/api/stats", {"bucket": "-5m"}, "bucket", "whole number"),
+    ("/api/stats", {"bucket": "400d"}, "bucket", "from 1s to 366d"),
+    ("/api/stats", {"bucket": "1h", "start": "soon"}, "start", "not an ISO-8601 time"),
+    ("/api/evaluate", {"model_version": "v" * 65}, "model_version", "at most 64"),
+    ("/api/models/" + "v" * 65, {}, "version", "at most 64"),
+]
+BAD_FEEDBACK: list[tuple[Any, str, str]] = [
+    ({"label": "maybe"}, "label", "'true_alarm' or 'false_alarm'"),
+    ({}, "label", "Field required"),
+    ({"label": "true_alarm", "note": "n" * 2001}, "note", "at most 2000"),
+    ({"label": "true_alarm", "note": "a\x00b"}, "note", "NUL"),
+    ({"label": "true_alarm", "note": 5}, "note", "string"),
+    ({"label": "true_alarm", "severity": 3}, "severity", "Extra inputs"),
+    ("true_alarm", "body", "dictionary"),
+]
+
+
+def assert_422(response: Any, parameter: str, words: str) -> None:
+    assert response.status_code == 422, response.text
+    errors = response.json()["detail"]
+    assert any(parameter in map(str, e["loc"]) and words in e["msg"] for e in errors), errors
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('validation') / 'latentwatch.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    write_flagged(sessions, [flagged(i) for i in range(3)])
+    with TestClient(create_app(ApiSettings(max_page_size=500), sessions)) as client:
+        yield client
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("path", "params", "parameter", "words"), BAD_QUERIES)
+def test_bad_query_parameters_are_422_with_a_message(
+    shared_client: TestClient, path: str, params: dict[str, Any], parameter: str, words: str
+) -> None:
+    assert_422(shared_client.get(path, params=params), parameter, words)
+
+
+@pytest.mark.parametrize(("body", "parameter", "words"), BAD_FEEDBACK)
+def test_bad_feedback_is_422_with_a_message(
+    shared_client: TestClient, body: Any, parameter: str, words: str
+) -> None:
+    assert_422(shared_client.post("/api/flagged/1/feedback", json=body), parameter, words)
+
+
+def test_unpaired_surrogate_in_a_note_is_422(shared_client: TestClient) -> None:
+    body = b'{"label": "true_alarm", "note": "broken \\ud800 text"}'
+    response = shared_client.post(
+        "/api/flagged/1/feedback", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_422(response, "note", "unicode")
+
+
+def test_cursor_from_another_query_is_refused(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    seed(sessions, 30)
+    cursor = client.get(LIST, params={"limit": 5, "topic": "payments"}).json()["next_cursor"]
+    assert client.get(LIST, params={"cursor": cursor, "topic": "payments"}).status_code == 200
+    # an export may resume from a JSON page's cursor: same filters and order
+    export = {"cursor": cursor, "topic": "payments", "format": "csv"}
+    assert client.get(LIST, params=export).status_code == 200
+    others = [
+        {"topic": "logins"},
+        {"topic": "payments", "sort": "score"},
+        {"topic": "payments", "desc": "false"},
+        {"topic": "payments", "time_field": "event"},
+    ]
+    for other in others:
+        assert_422(client.get(LIST, params={**other, "cursor": cursor}), "cursor", "other filters")
+    tampered = cursor[:-3] + ("AAA" if not cursor.endswith("AAA") else "BBB")
+    assert client.get(LIST, params={"cursor": tampered, "topic": "payments"}).status_code == 422
+
+
+def test_too_many_buckets_is_422_naming_the_remedy(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    seed(sessions, 5)
+    params = {"bucket": "1s", "start": "2026-01-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
+    assert_422(client.get("/api/stats", params=params), "bucket", "larger bucket")
+    # without start/end the range is the data's: 5 records within minutes fit in 1s buckets
+    assert client.get("/api/stats", params={"bucket": "1s"}).status_code == 200
+
+
+def test_settings_refuse_inconsistent_bounds() -> None:
+    with pytest.raises(ValueError, match="token is empty"):
+        ApiSettings(token=" ")
+    with pytest.raises(ValueError, match="default_page_size"):
+        ApiSettings(default_page_size=600, max_page_size=500)
