@@ -87,6 +87,13 @@ class PrometheusServer:
         """Active alerts (pending and firing) from /api/v1/alerts."""
         return list(self._get("/api/v1/alerts")["alerts"])
 
+    def rules(self) -> Result:
+        """Every loaded rule from /api/v1/rules, its group's rules in order: name, query,
+        health ("ok", "err", "unknown" before the first evaluation), lastError,
+        lastEvaluation and, for alerts, state."""
+        groups = self._get("/api/v1/rules")["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])

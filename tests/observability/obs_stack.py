@@ -1,0 +1,247 @@
+"""The pieces of the end-to-end observability test (test_obs_prometheus_integration.py): a small
+model trained on real data, the consumer in a thread with its metrics on a free loopback port, a
+producer, the PromQL of the dashboard and the rules, and a test copy of the rules whose ``for:``
+durations fit in a test. A plain module (import it), like prometheus_server.py.
+
+The data is scikit-learn's bundled breast-cancer set: the model is trained on half of the benign
+records; the other half is the normal stream and the malignant records are the anomalies.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import orjson
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from sklearn.datasets import load_breast_cancer
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from detector import artifact
+from detector.detector import Detector, DetectorConfig
+from detector.schema import SchemaOptions
+from detector.training import TrainingConfig
+from latentwatch.service import ConsumeSettings, run_consumer
+from streams.consumer import RunTotals
+from streams.kafka import make_producer
+from streams.metrics import MetricsServer
+
+FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
+# Tansu completes a group join after about session_timeout / 2: keep it short in tests.
+SESSION_TIMEOUT_MS = 1000
+
+Record = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Model:
+    detector: Detector
+    path: Path  # the saved artifact, what the consumer loads
+    normal: list[Record]  # held-out benign records, in a fixed shuffled order
+    anomalous: list[Record]  # malignant records
+
+    def flagged_ids(self, records: Sequence[Record]) -> set[str]:
+        """Ids of the records the model flags (scoring is deterministic)."""
+        flagged = self.detector.score_records(list(records)).flagged
+        return {str(r["id"]) for r, f in zip(records, flagged, strict=True) if f}
+
+
+def train_model(directory: Path) -> Model:
+    data = load_breast_cancer()
+    names = [str(n).replace(" ", "_") for n in data.feature_names]
+    benign = np.flatnonzero(data.target == 1)
+    benign = benign[np.random.RandomState(0).permutation(len(benign))]
+    malignant = np.flatnonzero(data.target == 0)
+
+    def records(rows: np.ndarray, prefix: str) -> list[Record]:
+        return [
+            {"id": f"{prefix}{i}", **dict(zip(names, map(float, data.data[i]), strict=True))}
+            for i in rows
+        ]
+
+    train = records(benign[: len(benign) // 2], "train-")
+    columns = {n: [r[n] for r in train] for n in ["id", *names]}
+    detector = Detector.fit(columns, SchemaOptions(id_column="id"), FAST)
+    path = directory / "model"
+    artifact.save(detector, path)
+    return Model(detector, path, records(benign[len(benign) // 2 :], "b"), records(malignant, "m"))
+
+
+def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> ConsumeSettings:
+    """A consumer of ``topic`` with its metrics endpoint on a free loopback port."""
+    return ConsumeSettings(
+        model=model,
+        bootstrap=bootstrap,
+        topics=(topic,),
+        db=db,
+        group=f"obs-{topic}",
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        session_timeout_ms=SESSION_TIMEOUT_MS,
+        max_records=50,  # several batches per second of stream: the counters rise in steps
+        poll_timeout_s=0.2,
+    )
+
+
+@dataclass
+class ConsumerThread:
+    """``run_consumer`` in a thread of this process, with its own registry; ``target`` is the
+    host:port Prometheus scrapes, known once the endpoint is up."""
+
+    settings: ConsumeSettings
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    stop: threading.Event = field(default_factory=threading.Event)
+    totals: RunTotals | None = None
+    error: BaseException | None = None
+    _server: MetricsServer | None = field(default=None, init=False)
+    _serving: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="obs-consumer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.totals = run_consumer(
+                self.settings, self.stop, registry=self.registry, on_metrics=self._on_metrics
+            )
+        except BaseException as exc:  # surfaced by target and close()
+            self.error = exc
+        finally:
+            self._serving.set()  # never leave target() waiting on a dead thread
+
+    def _on_metrics(self, server: MetricsServer) -> None:
+        self._server = server
+        self._serving.set()
+
+    def start(self) -> ConsumerThread:
+        self._thread.start()
+        return self
+
+    def target(self, timeout_s: float = 30.0) -> str:
+        if not self._serving.wait(timeout_s):
+            raise AssertionError(f"the consumer served no metrics within {timeout_s} s")
+        if self._server is None:
+            raise AssertionError(f"the consumer stopped before serving metrics: {self.error!r}")
+        return urlsplit(self._server.url).netloc
+
+    def close(self, timeout_s: float = 30.0) -> RunTotals:
+        self.stop.set()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "consumer thread did not stop"
+        if self.error is not None:
+            raise self.error
+        assert self.totals is not None
+        return self.totals
+
+
+@contextmanager
+def running_consumer(settings: ConsumeSettings) -> Iterator[ConsumerThread]:
+    consumer = ConsumerThread(settings).start()
+    try:
+        yield consumer
+    finally:
+        consumer.close()
+
+
+def encode(records: Sequence[Record]) -> list[bytes]:
+    return [orjson.dumps(r) for r in records]
+
+
+def produce(bootstrap: str, topic: str, values: Sequence[bytes], rate_per_s: float | None) -> None:
+    """Send ``values`` in order, at most ``rate_per_s`` a second (None: as fast as possible),
+    and wait for every ack."""
+    producer = make_producer(bootstrap, linger_ms=5)
+    try:
+        futures = []
+        start = time.monotonic()
+        for i, value in enumerate(values):
+            if rate_per_s:
+                ahead = start + i / rate_per_s - time.monotonic()
+                if ahead > 0:
+                    time.sleep(ahead)
+            futures.append(producer.send(topic, value=value))
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+    finally:
+        producer.close(timeout=5)
+
+
+def stored_flagged(db_url: str, topic: str) -> int:
+    """Rows of flagged_records for ``topic`` (what the dashboard's table shows)."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            query = text("SELECT count(*) FROM flagged_records WHERE topic = :topic")
+            return int(connection.execute(query, {"topic": topic}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+# --- PromQL of the dashboard and the rules ------------------------------------------------
+
+
+def dashboard_exprs(dashboard_json: Path) -> dict[str, str]:
+    """Every PromQL target of the Grafana dashboard, keyed "panel title / refId"."""
+    dashboard = json.loads(dashboard_json.read_text())
+    out: dict[str, str] = {}
+    for panel in dashboard["panels"]:
+        for p in [panel, *panel.get("panels", [])]:  # a collapsed row keeps its panels inside
+            for target in p.get("targets", []):
+                if "expr" in target:
+                    out[f"{p['title']} / {target['refId']}"] = target["expr"]
+    return out
+
+
+def rules(rules_yml: Path) -> list[dict[str, Any]]:
+    groups = yaml.safe_load(rules_yml.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names a PromQL expression reads: latentwatch_* metrics, recording rules
+    (names with a colon) and ``up``. Label values (string literals) are left out."""
+    identifiers = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r'"[^"]*"', '""', expr))
+    return {n for n in identifiers if n.startswith("latentwatch_") or ":" in n or n == "up"}
+
+
+def with_short_for(rules_yml: Path, out: Path, for_: str) -> Path:
+    """Write a copy of the rules file whose alerts all wait ``for_`` instead of their
+    production ``for:``; nothing else changes (expressions, range windows, labels,
+    annotations). Returns ``out``."""
+    document = yaml.safe_load(rules_yml.read_text())
+    for group in document["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = for_
+    out.write_text(yaml.safe_dump(document, sort_keys=False, width=1000))
+    return out
+
+
+def check_rules(path: Path) -> Path:
+    """``promtool check rules path``; fails (never skips) when promtool is missing."""
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.fail(
+            "promtool is not installed: run `make system-deps` (Debian package prometheus)",
+            pytrace=False,
+        )
+    result = subprocess.run(
+        [binary, "check", "rules", str(path)], check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"{result.args}\n{result.stdout}\n{result.stderr}"
+    return path
