@@ -380,3 +380,74 @@ def db_prune(
     finally:
         engine.dispose()
     typer.echo(f"deleted {removed} flagged record(s) older than {older_than}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the model, database and logs go")] = Path(
+        ".demo"
+    ),
+    repeat: Annotated[int, typer.Option(help="Times the held-out stream is replayed")] = 20,
+    rate: Annotated[float, typer.Option(help="Replay rate, records per second")] = 1000.0,
+    keep_running: Annotated[
+        bool, typer.Option(help="Keep consumer, metrics and API up until Ctrl-C")
+    ] = False,
+) -> None:
+    """The whole path on embedded defaults: broker, training, stream, SQLite, metrics, API."""
+    from rich.console import Console
+
+    from latentwatch.demo import DemoOptions, run_demo, summary_table
+
+    _setup_logging("warning")
+    console = Console()
+    result = run_demo(
+        DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running),
+        console,
+    )
+    console.print(summary_table(result))
+
+
+@app.command()
+def api(
+    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    host: Annotated[str, typer.Option(envvar=_env("API_HOST"), help="Bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar=_env("API_PORT"))] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("API_TOKEN"),
+            help="Bearer token required by every endpoint "
+            "but /health (recommended beyond loopback)",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+) -> None:
+    """Serve the query API and the explorer page (loopback by default)."""
+    from api.server import run_api
+
+    _setup_logging(log_level)
+    run_api(db, host=host, port=port, token=token)
+
+
+@app.command()
+def evaluate(
+    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    model_version: Annotated[str | None, typer.Option(help="Only this model's flags")] = None,
+) -> None:
+    """Precision of the flags over the records users labelled as true/false alarms."""
+    from storage.database import ensure_schema, make_engine, session_factory
+    from storage.queries import evaluate as evaluate_flags
+
+    engine = make_engine(db)
+    try:
+        ensure_schema(engine)
+        with session_factory(engine)() as session:
+            result = evaluate_flags(session, model_version)
+    finally:
+        engine.dispose()
+    precision = "n/a" if result.precision is None else f"{result.precision:.3f}"
+    typer.echo(
+        f"{result.flagged} flagged, {result.labelled} labelled ({result.true_alarms} true alarms, "
+        f"{result.false_alarms} false alarms): precision {precision}"
+        + (f" for model {model_version}" if model_version else "")
+    )

@@ -1,0 +1,307 @@
+"""`latentwatch demo`: the whole path on embedded defaults, started and stopped in one process.
+
+Embedded broker (Tansu) on a free loopback port -> train on real data (the breast-cancer set
+that ships with scikit-learn: benign tumours are "normal") -> replay a stream of held-out
+normal records with injected anomalies (malignant tumours) and a few malformed messages ->
+the consumer scores it, stores flagged records in SQLite, dead-letters the malformed ones,
+serves Prometheus metrics (and the query API) -> a summary against the injected truth.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+
+from api.server import serve_in_thread
+from detector import artifact
+from detector.detector import Detector, DetectorConfig
+from detector.schema import SchemaOptions
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.progress import training_progress
+from latentwatch.service import ConsumeSettings, run_consumer
+from storage.database import make_engine, session_factory
+from storage.models import FlaggedRecordRow
+from streams.consumer import BatchReport, RunTotals
+from streams.kafka import ensure_topics, make_producer
+from streams.replay import replay
+
+TOPIC = "patients"
+PARTITIONS = 2
+MALFORMED = [
+    b"not json",
+    b'{"mean_radius": NaN}',
+    b"[1, 2, 3]",
+    b'{"mean_radius": "large"}',
+    b"\xff\xfe",
+]
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    workdir: Path = Path(".demo")
+    repeat: int = 20  # the held-out stream is replayed this many times
+    anomaly_share: float = 0.05
+    rate: float = 1000.0  # records per second
+    seed: int = 0
+    keep_running: bool = False  # keep metrics and API up until Ctrl-C
+
+
+@dataclass(frozen=True)
+class DemoData:
+    train: dict[str, list[Any]]
+    stream: list[dict[str, Any]]
+    anomalous_ids: set[str]
+
+
+@dataclass
+class DemoResult:
+    sent: int
+    totals: RunTotals
+    flagged_ids: set[str]
+    anomalous_ids: set[str]
+    latencies_s: np.ndarray
+    busy_s: float
+    elapsed_s: float
+    urls: dict[str, str] = field(default_factory=dict)
+
+
+def demo_data(options: DemoOptions) -> DemoData:
+    """Three quarters of the benign records to train on; the rest, repeated, with malignant
+    records injected at ``anomaly_share``, as the stream."""
+    from sklearn.datasets import load_breast_cancer  # noqa: PLC0415  (only the demo needs it)
+
+    data = load_breast_cancer()
+    names = [n.replace(" ", "_") for n in data.feature_names]
+    rng = random.Random(options.seed)
+    benign = [i for i in range(len(data.target)) if data.target[i] == 1]
+    malignant = [i for i in range(len(data.target)) if data.target[i] == 0]
+    rng.shuffle(benign)
+    half = len(benign) * 3 // 4  # the more reference rows, the better the calibration
+
+    def record(i: int, rid: str) -> dict[str, Any]:
+        return {"id": rid, **{n: float(v) for n, v in zip(names, data.data[i], strict=True)}}
+
+    train_rows = [record(i, f"train-{i}") for i in benign[:half]]
+    stream: list[dict[str, Any]] = []
+    anomalous: set[str] = set()
+    for r in range(options.repeat):
+        normal = [record(i, f"b{i}-{r}") for i in benign[half:]]
+        n_bad = max(1, round(len(normal) * options.anomaly_share / (1 - options.anomaly_share)))
+        bad = [record(i, f"m{i}-{r}") for i in rng.sample(malignant, n_bad)]
+        anomalous.update(str(b["id"]) for b in bad)
+        chunk = normal + bad
+        rng.shuffle(chunk)
+        stream += chunk
+    columns = {name: [row[name] for row in train_rows] for name in ["id", *names]}
+    return DemoData(train=columns, stream=stream, anomalous_ids=anomalous)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+def summary_table(result: DemoResult) -> Table:
+    flagged, truth = result.flagged_ids, result.anomalous_ids
+    hits = len(flagged & truth)
+    precision = hits / len(flagged) if flagged else float("nan")
+    recall = hits / len(truth) if truth else float("nan")
+    p50, p99 = _percentiles(result.latencies_s)
+    t = result.totals
+    table = Table(title="latentwatch demo", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    rows = [
+        ("messages sent", f"{result.sent:,}"),
+        ("consumed", f"{t.consumed:,}"),
+        ("scored", f"{t.scored:,}"),
+        ("flagged (stored in SQLite)", f"{t.flagged:,}"),
+        ("rejected (dead-lettered)", f"{t.rejected:,}"),
+        ("injected anomalies", f"{len(truth):,}"),
+        ("precision vs injected truth", f"{precision:.3f}"),
+        ("recall vs injected truth", f"{recall:.3f}"),
+        ("stream rate (consumed / wall time)", f"{t.consumed / result.elapsed_s:,.0f} records/s"),
+        (
+            "processing capacity (consumed / busy time)",
+            f"{t.consumed / max(result.busy_s, 1e-9):,.0f} records/s",
+        ),
+        ("end-to-end latency p50 / p99", f"{p50 * 1000:.1f} / {p99 * 1000:.1f} ms"),
+    ]
+    rows += [(name, url) for name, url in result.urls.items()]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _owned_partitions(registry: CollectorRegistry) -> set[tuple[str, str]]:
+    return {
+        (s.labels["topic"], s.labels["partition"])
+        for metric in registry.collect()
+        if metric.name == "latentwatch_consumer_lag"
+        for s in metric.samples
+    }
+
+
+@contextmanager
+def _consumer_thread(
+    settings: ConsumeSettings, reports: list[BatchReport], urls: dict[str, str]
+) -> Iterator[Callable[[], RunTotals]]:
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+    registry = CollectorRegistry()
+
+    def on_metrics(server: Any) -> None:
+        urls["metrics"] = server.url
+
+    def target() -> None:
+        try:
+            box["totals"] = run_consumer(
+                settings, stop, registry=registry, on_batch=reports.append, on_metrics=on_metrics
+            )
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="consumer", daemon=True)
+    thread.start()
+    # Wait until the consumer owns its partitions (it publishes their lag): records sent
+    # before the group join would otherwise count the join time as latency.
+    deadline = time.monotonic() + 60
+    while len(_owned_partitions(registry)) < PARTITIONS and time.monotonic() < deadline:
+        if "error" in box:
+            raise box["error"]
+        time.sleep(0.05)
+
+    def finish() -> RunTotals:
+        stop.set()
+        thread.join(30)
+        if "error" in box:
+            raise box["error"]
+        return box.get("totals", RunTotals())
+
+    try:
+        yield finish
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def _train(data: DemoData, model_dir: Path, console: Console) -> Detector:
+    with training_progress(3000, console) as progress:
+        detector = Detector.fit(
+            data.train, SchemaOptions(id_column="id"), DetectorConfig(), progress
+        )
+    artifact.save(detector, model_dir)
+    console.print(
+        f"trained model {detector.version} on {detector.report.rows} normal records "
+        f"({detector.mixture.n_components} reference clusters, calibrated on "
+        f"{detector.report.holdout_rows} held-out rows), saved to {model_dir}"
+    )
+    return detector
+
+
+def _send(
+    bootstrap: str, messages: list[dict[str, Any] | bytes], rate: float, reports: list[BatchReport]
+) -> float:
+    """Replay the messages and wait until all were consumed; the wall time taken."""
+    started = time.monotonic()
+    producer = make_producer(bootstrap)
+    try:
+        replay(messages, producer, TOPIC, rate=rate)
+    finally:
+        producer.close(timeout=10)
+    deadline = time.monotonic() + 60
+    while sum(r.consumed for r in reports) < len(messages) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def _flagged_ids(db_url: str) -> set[str]:
+    engine = make_engine(db_url)
+    try:
+        with session_factory(engine)() as session:
+            ids = session.scalars(
+                select(FlaggedRecordRow.record_id).where(FlaggedRecordRow.topic == TOPIC)
+            )
+            return {str(i) for i in ids}
+    finally:
+        engine.dispose()
+
+
+def _wait_for_ctrl_c(console: Console) -> None:
+    console.print("consumer, metrics and API keep running: press Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+
+
+def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult:
+    """Run the whole path and stop everything it started (also on Ctrl-C or an error)."""
+    console = console or Console()
+    workdir = options.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    db_path = workdir / "latentwatch.db"
+    db_path.unlink(missing_ok=True)
+    db_url = f"sqlite:///{db_path}"
+    data = demo_data(options)
+    messages: list[dict[str, Any] | bytes] = [*data.stream, *MALFORMED]
+    reports: list[BatchReport] = []
+    urls: dict[str, str] = {}
+    with ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
+        console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
+        _train(data, workdir / "model", console)
+        ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS)
+        settings = ConsumeSettings(
+            model=workdir / "model",
+            bootstrap=broker.bootstrap,
+            topics=(TOPIC,),
+            db=db_url,
+            group="latentwatch-demo",
+            metrics_port=0,
+            session_timeout_ms=1000,
+        )
+        finish = stack.enter_context(_consumer_thread(settings, reports, urls))
+        urls.update(_start_api(stack, db_url))
+        for name, url in urls.items():
+            console.print(f"{name}: {url}")
+        console.print(
+            f"replaying {len(messages):,} messages to topic {TOPIC!r} at "
+            f"{options.rate:,.0f}/s ({len(data.anomalous_ids)} injected anomalies, "
+            f"{len(MALFORMED)} malformed)"
+        )
+        elapsed = _send(broker.bootstrap, messages, options.rate, reports)
+        if options.keep_running:
+            _wait_for_ctrl_c(console)
+        totals = finish()
+    latencies = [r.committed_at - r.timestamps_ms / 1000.0 for r in reports]
+    return DemoResult(
+        sent=len(messages),
+        totals=totals,
+        flagged_ids=_flagged_ids(db_url),
+        anomalous_ids=data.anomalous_ids,
+        latencies_s=np.concatenate(latencies) if latencies else np.array([]),
+        busy_s=sum(r.duration_s for r in reports),
+        elapsed_s=elapsed,
+        urls=urls,
+    )
+
+
+def _start_api(stack: ExitStack, db_url: str) -> dict[str, str]:
+    """The query API and explorer page on a free loopback port."""
+    server = stack.enter_context(serve_in_thread(db_url))
+    return {"explorer + API": server.url}
