@@ -1,0 +1,191 @@
+"""The service commands through a real subprocess: the demo (the README's main command), replay,
+consume's one-line errors, db upgrade/prune, evaluate."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from latentwatch.embedded import EmbeddedBroker
+from storage.database import make_engine, session_factory, upgrade
+from storage.records import FlaggedRecord
+from storage.repository import add_feedback, write_flagged
+
+
+def run(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "latentwatch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_demo_runs_the_whole_path_and_prints_a_summary(tmp_path: Path) -> None:
+    proc = run("demo", "--workdir", tmp_path, "--repeat", "2", "--rate", "2000")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for line in (
+        "embedded broker (Tansu) at 127.0.0.1:",
+        "metrics: http://127.0.0.1:",
+        "explorer + API: http://127.0.0.1:",
+    ):
+        assert line in out
+    numbers = {m[0].strip(): m[1] for m in re.findall(r"│ ([^│]+?)\s+│\s+([^│]+?) │", out)}
+    sent = int(numbers["messages sent"].replace(",", ""))
+    assert int(numbers["consumed"].replace(",", "")) == sent
+    assert int(numbers["rejected (dead-lettered)"]) == 5
+    assert float(numbers["recall vs injected truth"]) > 0.3
+    stored = (
+        sqlite3.connect(tmp_path / "latentwatch.db")
+        .execute("SELECT count(*) FROM flagged_records")
+        .fetchone()[0]
+    )
+    assert stored == int(numbers["flagged (stored in SQLite)"])
+    assert (tmp_path / "model" / "manifest.json").exists()
+
+
+@pytest.mark.kafka
+def test_replay_sends_every_record_of_a_file(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    data = tmp_path / "records.csv"
+    data.write_text("id,amount,region\na1,10.5,eu\na2,11.0,us\na3,,eu\n")
+    topic = "replay-test"
+    proc = run(
+        "replay",
+        "--data",
+        data,
+        "--bootstrap",
+        broker.bootstrap,
+        "--topic",
+        topic,
+        "--key-field",
+        "id",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sent 3 records" in proc.stdout
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=broker.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    got = {m.key: json.loads(m.value) for m in consumer}
+    consumer.close()
+    assert got == {
+        b"a1": {"id": "a1", "amount": 10.5, "region": "eu"},
+        b"a2": {"id": "a2", "amount": 11.0, "region": "us"},
+        b"a3": {"id": "a3", "amount": None, "region": "eu"},
+    }
+
+
+def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
+    proc = run(
+        "consume",
+        "--model",
+        tmp_path / "nope",
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--topic",
+        "t",
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"latentwatch: error: model directory {tmp_path / 'nope'} does not exist"
+    )
+
+
+def test_consume_settings_come_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LATENTWATCH_MODEL": str(tmp_path / "from-env"),
+        "LATENTWATCH_BOOTSTRAP": "127.0.0.1:1",
+        "LATENTWATCH_TOPICS": "t",
+        "LATENTWATCH_DB": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "latentwatch", "consume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert f"model directory {tmp_path / 'from-env'} does not exist" in proc.stderr
+
+
+def _flagged(offset: int, scored: datetime) -> FlaggedRecord:
+    return FlaggedRecord(
+        topic="t",
+        partition=0,
+        offset=offset,
+        kafka_timestamp=offset,
+        key=None,
+        record_id=f"r{offset}",
+        event_time=scored,
+        scored_time=scored,
+        model_version="abc",
+        score=10.0,
+        severity=50.0,
+        p_value=1e-3,
+        density=5.0,
+        density_p_value=0.01,
+        reconstruction=5.0,
+        reconstruction_p_value=0.01,
+        cluster=0,
+        cluster_distance=1.0,
+        top_feature="x",
+        explanation={"features": []},
+        record={"x": offset},
+    )
+
+
+def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lw.db'}"
+    proc = run("db", "upgrade", "--db", url)
+    assert proc.returncode == 0, proc.stderr
+    assert "is at schema revision 0001" in proc.stdout
+
+    now = datetime.now(UTC)
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    upgrade(engine)
+    write_flagged(
+        sessions, [_flagged(1, now - timedelta(days=40)), _flagged(2, now), _flagged(3, now)]
+    )
+    with engine.connect() as connection:
+        ids = [
+            r[0]
+            for r in connection.exec_driver_sql(
+                "SELECT id FROM flagged_records ORDER BY kafka_offset"
+            )
+        ]
+    add_feedback(sessions, ids[1], "true_alarm")
+    add_feedback(sessions, ids[2], "false_alarm", "a known batch job")
+    engine.dispose()
+
+    proc = run("evaluate", "--db", url)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 flagged, 2 labelled (1 true alarms, 1 false alarms): precision 0.500" in proc.stdout
+
+    proc = run("db", "prune", "--db", url, "--older-than", "30d")
+    assert proc.returncode == 0, proc.stderr
+    assert "deleted 1 flagged record(s) older than 30d" in proc.stdout
+
+    proc = run("db", "prune", "--db", url, "--older-than", "soon")
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("latentwatch: error: ") and "Traceback" not in proc.stderr
