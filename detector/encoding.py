@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
 
 import numpy as np
 
@@ -145,32 +144,20 @@ def records_to_columns(
     schema: Schema, records: Sequence[object]
 ) -> tuple[dict[str, Sequence[object]], list[str | None]]:
     """Transpose records (mappings) to the schema's columns; a record that is not a mapping gets
-    a reason and empty values.
-
-    The common case, a dict with every field, costs one C-level ``itemgetter`` call per record
-    instead of one ``get`` per field; records with absent fields take the slow path."""
-    names = schema.names
+    a reason and empty values. (One list comprehension per field measured faster than one
+    ``itemgetter`` call per record plus a transposition.)"""
     reasons: list[str | None] = [None] * len(records)
-    pick = itemgetter(*names)
-    absent = (None,) * len(names)
-    rows: list[tuple[object, ...]] = []
+    rows: list[Mapping[str, object]] = []
+    empty: Mapping[str, object] = {}
     for i, rec in enumerate(records):
-        try:
-            row = pick(rec)  # type: ignore[arg-type]
-        except (KeyError, TypeError, IndexError):
-            if isinstance(rec, Mapping):
-                row = tuple(rec.get(name) for name in names)
-            else:
-                row = absent
-                reasons[i] = f"record must be an object, got {_type_name(rec)}"
+        if isinstance(rec, Mapping):
+            rows.append(rec)
         else:
-            if not isinstance(rec, Mapping):  # a sequence or string that happened to index
-                row = absent
-                reasons[i] = f"record must be an object, got {_type_name(rec)}"
-        rows.append(row if len(names) > 1 else (row,))
-    columns: dict[str, Sequence[object]] = (
-        dict(zip(names, zip(*rows, strict=True), strict=True)) if rows else {}
-    )
+            rows.append(empty)
+            reasons[i] = f"record must be an object, got {_type_name(rec)}"
+    columns: dict[str, Sequence[object]] = {
+        name: [r.get(name) for r in rows] for name in schema.names
+    }
     return columns, reasons
 
 
