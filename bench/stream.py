@@ -40,6 +40,7 @@ from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import ConsumeSettings, run_consumer
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics, make_producer
+from streams.replay import replay
 
 PARTITIONS = 4
 MAX_RECORDS = 2000
@@ -68,15 +69,10 @@ def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]
 
 def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
     producer = make_producer(bootstrap, acks=1)
-    start = time.monotonic()
-    for i, value in enumerate(values):
-        if rate:
-            ahead = start + i / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        producer.send(topic, value=value)
-    producer.flush()
-    producer.close()
+    try:
+        replay(values, producer, topic, rate=rate)
+    finally:
+        producer.close()
 
 
 def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:

@@ -116,10 +116,11 @@ def _model_content(detector: Detector) -> dict[str, Any]:
 def save(
     detector: Detector,
     directory: str | os.PathLike[str],
-    extra: Mapping[str, Any] | None = None,
+    source: Path | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Write the model directory (created if needed) and return the version id."""
+    """Write the model directory (created if needed) and return the version id; ``source`` is
+    the training data file, recorded with its sha256."""
     path = Path(directory)
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"cannot write a model to {path}: it is a file, not a directory")
@@ -145,7 +146,7 @@ def save(
         **content,
         "training": {**dataclasses.asdict(detector.report)},
         "files": files,
-        **({"source": dict(extra)} if extra else {}),
+        **({"source": {"path": str(source), "sha256": _sha256(source)}} if source else {}),
     }
     tmp = path / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -3,7 +3,6 @@ calls into the packages; user errors become one line on stderr and a non-zero ex
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -34,14 +33,6 @@ def fail(message: str) -> NoReturn:
 def _split(values: list[str] | None) -> tuple[str, ...]:
     """`--exclude a --exclude b` and `--exclude a,b` both work."""
     return tuple(v for item in values or () for v in item.split(",") if v)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @app.command()
@@ -89,7 +80,7 @@ def train(
     config = DetectorConfig(fpr=fpr, training=replace(TrainingConfig(), seed=seed))
     with training_progress(config.training.max_steps) as progress:
         detector = Detector.fit(table.columns, options, config, progress)
-    version = save(detector, out, extra={"path": str(data), "sha256": _file_sha256(data)})
+    version = save(detector, out, source=data)
     rep = detector.report
     typer.echo(
         f"model {version} saved to {out}: {len(detector.schema.fields)} features, "

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cancer_model import Model, train_model
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from latentwatch.embedded import EmbeddedBroker
-from storage.database import redact
+from storage.database import redact, upgrade
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -64,3 +65,34 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = Path(tmp_path_factory.mktemp("broker")) / "tansu.log"
     with EmbeddedBroker(log_path=log) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def new_postgres_database(postgres_url: str) -> Iterator[Callable[[str], str]]:
+    """A factory of throwaway PostgreSQL databases, migrated to the newest schema (production
+    PostgreSQL is migrated by `latentwatch db upgrade`, not on start); all dropped at the end."""
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    created: list[str] = []
+
+    def new(prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        upgrade(url)
+        return url
+
+    try:
+        yield new
+    finally:
+        with admin.connect() as connection:
+            for name in created:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def cancer_model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    """A detector trained on real data, saved to disk, with records to stream at it."""
+    return train_model(tmp_path_factory.mktemp("cancer-model"))

@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,63 +21,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
 import orjson
 import pytest
 import yaml
+from cancer_model import Record
 from prometheus_client import CollectorRegistry
-from sklearn.datasets import load_breast_cancer
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from detector import artifact
-from detector.detector import Detector, DetectorConfig
-from detector.schema import SchemaOptions
-from detector.training import TrainingConfig
 from latentwatch.service import ConsumeSettings, run_consumer
 from streams.consumer import RunTotals
 from streams.kafka import make_producer
 from streams.metrics import MetricsServer
+from streams.replay import replay
 
-FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
-
-Record = dict[str, object]
-
-
-@dataclass(frozen=True)
-class Model:
-    detector: Detector
-    path: Path  # the saved artifact, what the consumer loads
-    normal: list[Record]  # held-out benign records, in a fixed shuffled order
-    anomalous: list[Record]  # malignant records
-
-    def flagged_ids(self, records: Sequence[Record]) -> set[str]:
-        """Ids of the records the model flags (scoring is deterministic)."""
-        flagged = self.detector.score_records(list(records)).flagged
-        return {str(r["id"]) for r, f in zip(records, flagged, strict=True) if f}
-
-
-def train_model(directory: Path) -> Model:
-    data = load_breast_cancer()
-    names = [str(n).replace(" ", "_") for n in data.feature_names]
-    benign = np.flatnonzero(data.target == 1)
-    benign = benign[np.random.RandomState(0).permutation(len(benign))]
-    malignant = np.flatnonzero(data.target == 0)
-
-    def records(rows: np.ndarray, prefix: str) -> list[Record]:
-        return [
-            {"id": f"{prefix}{i}", **dict(zip(names, map(float, data.data[i]), strict=True))}
-            for i in rows
-        ]
-
-    train = records(benign[: len(benign) // 2], "train-")
-    columns = {n: [r[n] for r in train] for n in ["id", *names]}
-    detector = Detector.fit(columns, SchemaOptions(id_column="id"), FAST)
-    path = directory / "model"
-    artifact.save(detector, path)
-    return Model(detector, path, records(benign[len(benign) // 2 :], "b"), records(malignant, "m"))
 
 
 def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> ConsumeSettings:
@@ -162,23 +120,14 @@ def encode(records: Sequence[Record]) -> list[bytes]:
 
 
 def produce(bootstrap: str, topic: str, values: Sequence[bytes], rate_per_s: float | None) -> None:
-    """Send ``values`` in order, at most ``rate_per_s`` a second (None: as fast as possible),
-    and wait for every ack."""
+    """Send ``values`` in order, at most ``rate_per_s`` a second (None: as fast as possible);
+    returns once the producer has flushed every one (failed sends are retried)."""
     producer = make_producer(bootstrap, linger_ms=5)
     try:
-        futures = []
-        start = time.monotonic()
-        for i, value in enumerate(values):
-            if rate_per_s:
-                ahead = start + i / rate_per_s - time.monotonic()
-                if ahead > 0:
-                    time.sleep(ahead)
-            futures.append(producer.send(topic, value=value))
-        producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
+        report = replay(values, producer, topic, rate=rate_per_s)
     finally:
         producer.close(timeout=5)
+    assert report.failed == 0, f"{report.failed} records were not delivered"
 
 
 def stored_flagged(db_url: str, topic: str) -> int:

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from cancer_model import Model
 from obs_stack import (
-    Model,
     check_rules,
     consume_settings,
     dashboard_exprs,
@@ -40,7 +40,6 @@ from obs_stack import (
     rules,
     running_consumer,
     stored_flagged,
-    train_model,
     with_short_for,
 )
 from prometheus_server import PrometheusServer, Result, run_prometheus
@@ -79,8 +78,8 @@ MALFORMED: dict[str, bytes] = {
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    return train_model(tmp_path_factory.mktemp("obs-model"))
+def model(cancer_model: Model) -> Model:
+    return cancer_model
 
 
 @pytest.fixture

@@ -22,28 +22,9 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from detector.detector import Detector
 from latentwatch.service import ConsumeSettings, run_consumer
 from streams.consumer import BatchReport, RunTotals
 from streams.kafka import make_producer
-
-
-@dataclass(frozen=True)
-class Stream:
-    """Records to send: held-out benign (normal) and malignant (anomalous) records with ids."""
-
-    normal: list[dict[str, object]]
-    anomalous: list[dict[str, object]]
-
-
-@dataclass(frozen=True)
-class Model:
-    """A trained detector, its saved model directory, and records to stream at it."""
-
-    detector: Detector
-    path: Path
-    stream: Stream
-
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
@@ -194,12 +175,6 @@ def produce(
 
 def encode(records: Sequence[dict[str, object]]) -> list[bytes]:
     return [orjson.dumps(r) for r in records]
-
-
-def should_flag(detector: Detector, records: Sequence[dict[str, object]]) -> set[str]:
-    """Ids of the records the model flags (scoring is deterministic)."""
-    flagged = detector.score_records(list(records)).flagged
-    return {str(r["id"]) for r, f in zip(records, flagged, strict=True) if f}
 
 
 def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:

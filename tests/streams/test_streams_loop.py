@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import orjson
 import pytest
+from cancer_model import Model
 from prometheus_client import CollectorRegistry
-from stream_harness import Model
 
 from storage.records import FlaggedRecord
 from streams.consumer import (
@@ -140,7 +140,7 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 def test_commit_comes_after_the_database_and_the_dead_letters(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    batch = messages([*encoded(model.stream.normal[:30] + model.stream.anomalous[:10]), b"oops"])
+    batch = messages([*encoded(model.normal[:30] + model.anomalous[:10]), b"oops"])
     source = FakeSource([batch], journal, stop)
     sink, dead = FakeSink(journal), FakeDeadLetters(journal)
     reports: list[BatchReport] = []
@@ -163,7 +163,7 @@ def test_commit_comes_after_the_database_and_the_dead_letters(model: Model) -> N
 
 def test_flagged_rows_carry_position_scores_and_explanation(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    anomalous = model.stream.anomalous[:5]
+    anomalous = model.anomalous[:5]
     source = FakeSource([messages(encoded(anomalous), partition=3, start=100)], journal, stop)
     sink = FakeSink(journal)
     loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal))
@@ -187,7 +187,7 @@ def test_flagged_rows_carry_position_scores_and_explanation(model: Model) -> Non
 
 def test_poison_messages_never_stop_the_stream(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    good = encoded(model.stream.normal[:20])
+    good = encoded(model.normal[:20])
     bad = [b"\xff", b"{", b"[]", b'{"mean_radius": "big"}', b'{"other": 1}', b'{"x": NaN}']
     source = FakeSource([messages(bad + good)], journal, stop)
     dead = FakeDeadLetters(journal)
@@ -212,7 +212,7 @@ def test_poison_messages_never_stop_the_stream(model: Model) -> None:
 
 def test_database_outage_is_retried_and_nothing_is_committed_meanwhile(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    source = FakeSource([messages(encoded(model.stream.anomalous[:5]))], journal, stop)
+    source = FakeSource([messages(encoded(model.anomalous[:5]))], journal, stop)
     sink = FakeSink(journal, failures=3)
     loop, registry = make_loop(model, source, sink, FakeDeadLetters(journal))
     loop.run(stop)
@@ -224,8 +224,8 @@ def test_database_outage_is_retried_and_nothing_is_committed_meanwhile(model: Mo
 
 def test_shutdown_during_an_outage_leaves_the_batch_uncommitted(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    source = FakeSource([messages(encoded(model.stream.anomalous[:5]))], journal, stop)
-    source.batches.append(messages(encoded(model.stream.normal[:5]), start=5))
+    source = FakeSource([messages(encoded(model.anomalous[:5]))], journal, stop)
+    source.batches.append(messages(encoded(model.normal[:5]), start=5))
     sink = FakeSink(journal, failures=2, stop_after_failures=stop)
     loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal))
     loop.run(stop)
@@ -236,7 +236,7 @@ def test_shutdown_during_an_outage_leaves_the_batch_uncommitted(model: Model) ->
 
 def test_dead_letter_outage_is_retried_before_the_commit(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    source = FakeSource([messages([b"bad", *encoded(model.stream.normal[:3])])], journal, stop)
+    source = FakeSource([messages([b"bad", *encoded(model.normal[:3])])], journal, stop)
     dead = FakeDeadLetters(journal, failures=2)
     loop, registry = make_loop(model, source, FakeSink(journal), dead)
     loop.run(stop)
@@ -247,7 +247,7 @@ def test_dead_letter_outage_is_retried_before_the_commit(model: Model) -> None:
 
 def test_a_record_no_database_accepts_goes_to_dead_letters(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    anomalous = model.stream.anomalous[:10]
+    anomalous = model.anomalous[:10]
     source = FakeSource([messages(encoded(anomalous))], journal, stop)
     flagged_ids = [
         r["id"]
@@ -272,8 +272,8 @@ def test_a_record_no_database_accepts_goes_to_dead_letters(model: Model) -> None
 def test_a_refused_commit_is_counted_and_the_loop_goes_on(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
     batches = [
-        messages(encoded(model.stream.normal[:3])),
-        messages(encoded(model.stream.normal[3:6]), start=3),
+        messages(encoded(model.normal[:3])),
+        messages(encoded(model.normal[3:6]), start=3),
     ]
     source = FakeSource(batches, journal, stop, accept_commits=False)
     loop, registry = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
@@ -284,7 +284,7 @@ def test_a_refused_commit_is_counted_and_the_loop_goes_on(model: Model) -> None:
 
 def test_offsets_are_committed_per_partition(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
-    records = encoded(model.stream.normal[:6])
+    records = encoded(model.normal[:6])
     batch = messages(records[:3], partition=0, start=10) + messages(
         records[3:], partition=1, start=40
     )

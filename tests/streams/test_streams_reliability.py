@@ -13,16 +13,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from cancer_model import Model
 from sqlalchemy.engine import make_url
 from stream_harness import (
-    Model,
     TcpProxy,
     encode,
     process_consumer,
     produce,
     read_topic,
     settings,
-    should_flag,
     stored_rows,
     thread_consumer,
     wait_until,
@@ -39,12 +38,11 @@ def stream_of(model: Model, n_normal: int, n_anomalous: int, seed: int) -> list[
     """Held-out normal records and injected anomalies, shuffled, each with a unique id."""
     rng = random.Random(seed)
     normal = [
-        dict(r, id=f"{r['id']}-{i}")
-        for i, r in enumerate(rng.choices(model.stream.normal, k=n_normal))
+        dict(r, id=f"{r['id']}-{i}") for i, r in enumerate(rng.choices(model.normal, k=n_normal))
     ]
     anomalous = [
         dict(r, id=f"{r['id']}-{i}")
-        for i, r in enumerate(rng.choices(model.stream.anomalous, k=n_anomalous))
+        for i, r in enumerate(rng.choices(model.anomalous, k=n_anomalous))
     ]
     records = normal + anomalous
     rng.shuffle(records)
@@ -93,7 +91,7 @@ def test_sigkilled_consumer_loses_and_duplicates_nothing(
     model: Model, broker: EmbeddedBroker, topic: str, db_url: str, tmp_path: Path
 ) -> None:
     records = stream_of(model, 3000, 150, seed=1)
-    expected = should_flag(model.detector, records)
+    expected = model.flagged_ids(records)
     ensure_topics(broker.bootstrap, [topic], partitions=3)
     s = settings(model.path, broker.bootstrap, topic, db_url, group=f"g-{topic}")
     sender = threading.Thread(
@@ -146,13 +144,11 @@ def test_two_consumers_split_partitions_and_one_leaves(
         # b left the group cleanly; a takes over every partition
         produce(broker.bootstrap, topic, encode(second))
         wait_until(
-            lambda: (
-                len(stored_rows(db_url, topic)) >= len(should_flag(model.detector, first + second))
-            ),
+            lambda: len(stored_rows(db_url, topic)) >= len(model.flagged_ids(first + second)),
             30,
             "the second half",
         )
-    assert_exactly_once(db_url, topic, should_flag(model.detector, first + second))
+    assert_exactly_once(db_url, topic, model.flagged_ids(first + second))
 
 
 def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_path: Path) -> None:
@@ -171,13 +167,13 @@ def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_pa
             produce(own.bootstrap, topic, encode(after))
             wait_until(
                 lambda: (
-                    should_flag(model.detector, after)
+                    model.flagged_ids(after)
                     <= {str(r["record_id"]) for r in stored_rows(db_url, topic)}
                 ),
                 60,
                 "every flagged record sent after the restart",
             )
-    assert_exactly_once(db_url, topic, should_flag(model.detector, before + after))
+    assert_exactly_once(db_url, topic, model.flagged_ids(before + after))
 
 
 def _sqlite_path(db_url: str) -> str:
@@ -224,7 +220,7 @@ def test_database_outage_loses_nothing(
                 assert lock is not None
                 lock.rollback()
                 lock.close()
-            expected = should_flag(model.detector, records)
+            expected = model.flagged_ids(records)
             wait_until(
                 lambda: len(stored_rows(db_url, topic)) >= len(expected),
                 60,
@@ -294,4 +290,4 @@ def test_malformed_messages_go_to_dead_letters_with_their_reason(
     for reason, n in rejected.items():
         assert n == counted.get(reason, 0), reason
     assert sum(rejected.values()) == len(corpus)
-    assert_exactly_once(db_url, topic, should_flag(model.detector, valid))
+    assert_exactly_once(db_url, topic, model.flagged_ids(valid))
