@@ -8,7 +8,8 @@ breast-cancer set resampled, 5 % malignant):
 2. latentwatch end to end on the same topic: consume, decode, validate, score, persist flagged
    records to SQLite, dead-letter, commit (the consumer in this process, like the baseline);
 3. end-to-end latency (message timestamp -> batch committed) at a steady --rate;
-4. peak RSS of a `latentwatch consume` process that consumes the whole topic.
+4. peak RSS of a `latentwatch consume` process that consumes the whole topic;
+5. scale-out: two `latentwatch consume` processes in one group over the same topic.
 
     python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
 """
@@ -136,55 +137,84 @@ def end_to_end_rate(reports: list[BatchReport]) -> float:
     return consumed / (reports[-1].committed_at - first_start)
 
 
-def process_peak_rss_mb(settings: ConsumeSettings, n: int, workdir: Path) -> float:
-    """Run `latentwatch consume` as its own process over the topic; its peak RSS (VmHWM)."""
-    port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "latentwatch",
-        "consume",
-        "--model",
-        str(settings.model),
-        "--bootstrap",
-        settings.bootstrap,
-        "--topic",
-        settings.topics[0],
-        "--db",
-        f"sqlite:///{workdir / 'rss.db'}",
-        "--group",
-        "bench-rss",
-        "--metrics-port",
-        str(port),
-        "--max-records",
-        str(MAX_RECORDS),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+def _consumed(port: int) -> float:
     try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.split()[-1])
+        for line in body.decode().splitlines()
+        if line.startswith("latentwatch_records_consumed_total{")
+    )
+
+
+def consumer_processes(
+    settings: ConsumeSettings, processes: int, n: int, workdir: Path
+) -> tuple[float, float]:
+    """Run `processes` `latentwatch consume` processes in one new group over the topic, until
+    they consumed it all: (records/s from the first record to the last, largest peak RSS MB).
+    Progress is read from their metrics endpoints every 0.1 s."""
+    group = f"bench-processes-{processes}"
+    ports = [free_port() for _ in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "latentwatch",
+                "consume",
+                "--model",
+                str(settings.model),
+                "--bootstrap",
+                settings.bootstrap,
+                "--topic",
+                settings.topics[0],
+                "--db",
+                f"sqlite:///{workdir / (group + '.db')}",
+                "--group",
+                group,
+                "--metrics-port",
+                str(port),
+                "--max-records",
+                str(MAX_RECORDS),
+                "--log-level",
+                "warning",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    try:
+        first = last = None
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            time.sleep(0.5)
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
-            except OSError:
-                continue
-            consumed = sum(
-                float(line.split()[-1])
-                for line in body.decode().splitlines()
-                if line.startswith("latentwatch_records_consumed_total{")
-            )
+            time.sleep(0.1)
+            consumed = sum(_consumed(port) for port in ports)
+            if consumed > 0 and first is None:
+                first = time.monotonic()
             if consumed >= n:
+                last = time.monotonic()
                 break
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak_kb = next(
-            int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")
-        )
-        return peak_kb / 1024
+        if first is None or last is None:
+            raise SystemExit(f"{processes} consumer process(es) did not consume the topic")
+        peaks = []
+        for proc in procs:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            peaks.append(
+                next(
+                    int(line.split()[1])
+                    for line in status.splitlines()
+                    if line.startswith("VmHWM:")
+                )
+                / 1024
+            )
+        return n / (last - first), max(peaks)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
 
 
 def main() -> None:
@@ -232,7 +262,8 @@ def main() -> None:
             produce(broker.bootstrap, "latency", values[:n_latency], rate=args.rate)
             wait_consumed(reports, n_latency, timeout_s=60)
         latencies = np.concatenate([r.committed_at - r.timestamps_ms / 1000 for r in reports])
-        rss = process_peak_rss_mb(settings, args.records, workdir)
+        _, rss = consumer_processes(settings, 1, args.records, workdir)
+        two_processes, _ = consumer_processes(settings, 2, args.records, workdir)
 
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     print(
@@ -249,6 +280,10 @@ def main() -> None:
         f"| {p50:.1f} / {p99:.1f} ms |"
     )
     print(f"| consumer peak RSS (target < 600 MB) | {rss:,.0f} MB |")
+    print(
+        f"| scale-out: 2 consumer processes in one group (both cores) | {two_processes:,.0f} "
+        f"records/s = {two_processes / raw:.2f} x the one-process raw ceiling |"
+    )
 
 
 if __name__ == "__main__":
