@@ -21,11 +21,8 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +35,7 @@ from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import ConsumeSettings, run_consumer
+from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics, make_producer
 from streams.replay import replay
@@ -105,21 +102,6 @@ def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
         return n / (time.perf_counter() - first)
     finally:
         consumer.close()
-
-
-@contextmanager
-def latentwatch_consumer(settings: ConsumeSettings) -> Iterator[list[BatchReport]]:
-    reports: list[BatchReport] = []
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_consumer, args=(settings, stop), kwargs={"on_batch": reports.append}, daemon=True
-    )
-    thread.start()
-    try:
-        yield reports
-    finally:
-        stop.set()
-        thread.join(30)
 
 
 def wait_consumed(reports: list[BatchReport], n: int, timeout_s: float) -> None:
@@ -242,7 +224,8 @@ def main() -> None:
             metrics_port=None,
             max_records=MAX_RECORDS,
         )
-        with latentwatch_consumer(settings) as reports:
+        with BackgroundConsumer(settings) as consumer:
+            reports = consumer.reports
             wait_consumed(reports, args.records, timeout_s=300)
         e2e = end_to_end_rate(reports)
         flagged = sum(r.flagged for r in reports)
@@ -257,8 +240,9 @@ def main() -> None:
             max_records=MAX_RECORDS,
         )
         n_latency = int(args.rate * args.seconds)
-        with latentwatch_consumer(latency_settings) as reports:
-            time.sleep(8)  # the group join: records sent before it would measure the join
+        with BackgroundConsumer(latency_settings) as consumer:
+            reports = consumer.reports
+            consumer.wait_for_partitions(PARTITIONS)  # else the join would count as latency
             produce(broker.bootstrap, "latency", values[:n_latency], rate=args.rate)
             wait_consumed(reports, n_latency, timeout_s=60)
         latencies = np.concatenate([r.committed_at - r.timestamps_ms / 1000 for r in reports])

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -179,3 +180,106 @@ def run_consumer(
         if server is not None:
             server.close()
         engine.dispose()
+
+
+class BackgroundConsumer:
+    """:func:`run_consumer` in a thread of this process, with its own metrics registry: for the
+    demo, the benchmarks and the tests. Use as a context manager; ``close`` stops it (finishing
+    the batch, like SIGTERM) and re-raises whatever stopped it early."""
+
+    def __init__(
+        self,
+        settings: ConsumeSettings,
+        registry: CollectorRegistry | None = None,
+        name: str = "consumer",
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.stop = threading.Event()
+        self.reports: list[BatchReport] = []
+        self.metrics_url: str | None = None
+        self.totals: RunTotals | None = None
+        self.error: BaseException | None = None
+        self._serving = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.totals = run_consumer(
+                self.settings,
+                self.stop,
+                registry=self.registry,
+                on_batch=self.reports.append,
+                on_metrics=self._on_metrics,
+            )
+        except BaseException as exc:  # surfaced by wait_for_metrics() and close()
+            self.error = exc
+        finally:
+            self._serving.set()  # never leave wait_for_metrics() waiting on a dead thread
+
+    def _on_metrics(self, server: MetricsServer) -> None:
+        self.metrics_url = server.url
+        self._serving.set()
+
+    def start(self) -> BackgroundConsumer:
+        self._thread.start()
+        return self
+
+    def wait_for_metrics(self, timeout_s: float = 30.0) -> str:
+        """The metrics endpoint's URL, once it serves."""
+        if not self._serving.wait(timeout_s):
+            raise TimeoutError(f"the consumer served no metrics within {timeout_s} s")
+        if self.metrics_url is None:
+            raise RuntimeError(f"the consumer stopped before serving metrics: {self.error!r}")
+        return self.metrics_url
+
+    def wait_for_partitions(self, count: int, timeout_s: float = 60.0) -> None:
+        """Wait until this member owns ``count`` partitions (records sent before the group join
+        would otherwise count the join as latency)."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.partitions()) < count:
+            if self.error is not None:
+                raise self.error
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the consumer owned no {count} partitions in {timeout_s} s")
+            time.sleep(0.05)
+
+    def partitions(self) -> set[tuple[str, str]]:
+        """(topic, partition) this member owns now: it publishes a lag series for each."""
+        return {
+            (s.labels["topic"], s.labels["partition"])
+            for metric in self.registry.collect()
+            if metric.name == "latentwatch_consumer_lag"
+            for s in metric.samples
+        }
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    @property
+    def consumed(self) -> int:
+        return sum(r.consumed for r in self.reports)
+
+    def close(self, timeout_s: float = 30.0) -> RunTotals:
+        self.stop.set()
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the consumer did not stop within {timeout_s} s")
+        if self.error is not None:
+            raise self.error
+        return self.totals or RunTotals()
+
+    def __enter__(self) -> BackgroundConsumer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:  # already failing: stop, but do not mask the original error
+            self.stop.set()
+            self._thread.join(30)
+            return
+        self.close()

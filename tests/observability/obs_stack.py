@@ -13,10 +13,8 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,14 +23,11 @@ import orjson
 import pytest
 import yaml
 from cancer_model import Record
-from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from latentwatch.service import ConsumeSettings, run_consumer
-from streams.consumer import RunTotals
+from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.kafka import make_producer
-from streams.metrics import MetricsServer
 from streams.replay import replay
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
@@ -55,64 +50,15 @@ def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> Consum
     )
 
 
-@dataclass
-class ConsumerThread:
-    """``run_consumer`` in a thread of this process, with its own registry; ``target`` is the
-    host:port Prometheus scrapes, known once the endpoint is up."""
-
-    settings: ConsumeSettings
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    stop: threading.Event = field(default_factory=threading.Event)
-    totals: RunTotals | None = None
-    error: BaseException | None = None
-    _server: MetricsServer | None = field(default=None, init=False)
-    _serving: threading.Event = field(default_factory=threading.Event, init=False)
-
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="obs-consumer", daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.totals = run_consumer(
-                self.settings, self.stop, registry=self.registry, on_metrics=self._on_metrics
-            )
-        except BaseException as exc:  # surfaced by target and close()
-            self.error = exc
-        finally:
-            self._serving.set()  # never leave target() waiting on a dead thread
-
-    def _on_metrics(self, server: MetricsServer) -> None:
-        self._server = server
-        self._serving.set()
-
-    def start(self) -> ConsumerThread:
-        self._thread.start()
-        return self
-
-    def target(self, timeout_s: float = 30.0) -> str:
-        if not self._serving.wait(timeout_s):
-            raise AssertionError(f"the consumer served no metrics within {timeout_s} s")
-        if self._server is None:
-            raise AssertionError(f"the consumer stopped before serving metrics: {self.error!r}")
-        return urlsplit(self._server.url).netloc
-
-    def close(self, timeout_s: float = 30.0) -> RunTotals:
-        self.stop.set()
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "consumer thread did not stop"
-        if self.error is not None:
-            raise self.error
-        assert self.totals is not None
-        return self.totals
-
-
 @contextmanager
-def running_consumer(settings: ConsumeSettings) -> Iterator[ConsumerThread]:
-    consumer = ConsumerThread(settings).start()
-    try:
+def running_consumer(settings: ConsumeSettings) -> Iterator[BackgroundConsumer]:
+    with BackgroundConsumer(settings, name="obs-consumer") as consumer:
         yield consumer
-    finally:
-        consumer.close()
+
+
+def scrape_target(consumer: BackgroundConsumer, timeout_s: float = 30.0) -> str:
+    """host:port Prometheus scrapes, once the consumer's endpoint is up."""
+    return urlsplit(consumer.wait_for_metrics(timeout_s)).netloc
 
 
 def encode(records: Sequence[Record]) -> list[bytes]:

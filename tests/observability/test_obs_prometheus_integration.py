@@ -39,6 +39,7 @@ from obs_stack import (
     produce,
     rules,
     running_consumer,
+    scrape_target,
     stored_flagged,
     with_short_for,
 )
@@ -209,7 +210,7 @@ def test_metrics_dashboard_and_alerts_against_a_real_prometheus(
     with (
         running_consumer(consume_settings(model.path, broker.bootstrap, topic, db)) as consumer,
         run_prometheus(
-            [consumer.target()],
+            [scrape_target(consumer)],
             [test_rules],
             tmp_path,
             scrape_interval=f"{EVALUATION_INTERVAL_S:.0f}s",

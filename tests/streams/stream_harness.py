@@ -11,19 +11,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
-from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from latentwatch.service import ConsumeSettings, run_consumer
-from streams.consumer import BatchReport, RunTotals
+from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.kafka import make_producer
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
@@ -58,65 +55,10 @@ def settings(
     return ConsumeSettings(**base)
 
 
-@dataclass
-class ThreadConsumer:
-    """A consumer running in a thread of this process, with its own metrics registry."""
-
-    settings: ConsumeSettings
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
-    stop: threading.Event = field(default_factory=threading.Event)
-    reports: list[BatchReport] = field(default_factory=list)
-    totals: RunTotals | None = None
-    error: BaseException | None = None
-
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.totals = run_consumer(
-                self.settings, self.stop, registry=self.registry, on_batch=self.reports.append
-            )
-        except BaseException as exc:  # surfaced by close()
-            self.error = exc
-
-    def start(self) -> ThreadConsumer:
-        self._thread.start()
-        return self
-
-    def metric(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
-
-    def partitions(self) -> set[tuple[str, str]]:
-        """Partitions this member owns now (it publishes a lag series for each)."""
-        return {
-            (s.labels["topic"], s.labels["partition"])
-            for metric in self.registry.collect()
-            if metric.name == "latentwatch_consumer_lag"
-            for s in metric.samples
-        }
-
-    @property
-    def consumed(self) -> int:
-        return sum(r.consumed for r in self.reports)
-
-    def close(self, timeout_s: float = 30.0) -> RunTotals:
-        self.stop.set()
-        self._thread.join(timeout_s)
-        assert not self._thread.is_alive(), "consumer thread did not stop"
-        if self.error is not None:
-            raise self.error
-        assert self.totals is not None
-        return self.totals
-
-
-@contextlib.contextmanager
-def thread_consumer(s: ConsumeSettings) -> Iterator[ThreadConsumer]:
-    consumer = ThreadConsumer(s).start()
-    try:
-        yield consumer
-    finally:
-        consumer.close()
+def thread_consumer(s: ConsumeSettings) -> BackgroundConsumer:
+    """A consumer in a thread of this process, with its own metrics registry (a context
+    manager)."""
+    return BackgroundConsumer(s)
 
 
 def process_consumer(s: ConsumeSettings, log: Path) -> subprocess.Popen[bytes]:
