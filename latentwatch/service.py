@@ -25,6 +25,7 @@ from streams.consumer import BatchReport, ConsumerLoop, LoopSettings, RunTotals,
 from streams.kafka import DeadLetterProducer, KafkaSettings, KafkaSource, connect, make_producer
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
+from streams.retry import Stopped, retry_with_backoff
 from streams.sql_sink import SqlSink
 
 log = logging.getLogger("latentwatch.service")
@@ -51,20 +52,11 @@ class ConsumeSettings:
 
 
 def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) -> Any:
-    """Retry a start-up step that needs the database with backoff and one clear log line per
-    try. Only unreachability is retried; a wrong schema or URL fails at once."""
-    delay = 0.5
-    while True:
-        try:
-            return action()
-        except (OperationalError, InterfaceError, OSError, Unavailable) as exc:
-            if stop.is_set():
-                raise
-            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("%s not ready (%s); retrying in %.1f s", what, first_line, delay)
-            if stop.wait(delay):
-                raise
-            delay = min(delay * 2, 10.0)
+    """Retry a start-up step that needs the database. Only unreachability is retried; a wrong
+    schema or URL fails at once."""
+    return retry_with_backoff(
+        action, what, stop, retry_on=(OperationalError, InterfaceError, OSError, Unavailable)
+    )
 
 
 @contextmanager
@@ -172,6 +164,9 @@ def run_consumer(
                 totals.rejected,
             )
             return totals
+    except Stopped as exc:
+        log.info("stopped while waiting for %s", exc)
+        return RunTotals()
     finally:
         if source is not None:
             source.close()

@@ -28,6 +28,7 @@ from detector.detector import Detector
 from storage.records import FlaggedRecord
 from streams.messages import UNSTORABLE, DecodePolicy, Message, Rejection
 from streams.metrics import StreamMetrics
+from streams.retry import Stopped, retry_with_backoff
 from streams.scoring import TopicBatch, score_messages
 
 log = logging.getLogger("latentwatch.consumer")
@@ -94,10 +95,6 @@ class RunTotals:
     flagged: int = 0
     rejected: int = 0
     stored: int = 0
-
-
-class Stopped(Exception):  # noqa: N818
-    """Shutdown was requested inside a retry loop: the batch is abandoned, uncommitted."""
 
 
 def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
@@ -193,17 +190,16 @@ class ConsumerLoop:
         on_retry: Callable[[], None] = lambda: None,
     ) -> T:
         """Run ``action`` until it succeeds, backing off while it raises Unavailable."""
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                return action()
-            except Unavailable as exc:
-                on_error()
-                log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
-                if stop.wait(delay):
-                    raise Stopped(what) from exc
-                on_retry()
-                delay = min(delay * 2, self.settings.retry_max_s)
+        return retry_with_backoff(
+            action,
+            what,
+            stop,
+            retry_on=(Unavailable,),
+            initial_s=self.settings.retry_initial_s,
+            max_s=self.settings.retry_max_s,
+            on_error=on_error,
+            on_retry=on_retry,
+        )
 
     def _store(
         self, flagged: list[FlaggedRecord], stop: threading.Event

@@ -31,6 +31,7 @@ from kafka.structs import OffsetAndMetadata
 from detector.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
 from streams.messages import Message, Rejection
+from streams.retry import Stopped, retry_with_backoff
 
 log = logging.getLogger("latentwatch.kafka")
 
@@ -78,18 +79,26 @@ def connect(
     factory: Callable[[], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
 ) -> Any:
     """Create a client, retrying with backoff while no broker answers (broker down at start).
-    Returns None if ``stop`` is set first."""
-    delay = 0.5
-    while not stop.is_set():
+    Returns None if ``stop`` is set first. Invalid settings fail at once."""
+
+    def create() -> Any:
         try:
             return factory()
         except KafkaConfigurationError as exc:
             raise KafkaSettingsError(f"{what}: invalid Kafka settings: {exc}") from None
-        except (KafkaError, OSError) as exc:
-            log.warning("%s: cannot reach Kafka (%s); retrying in %.1f s", what, exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, max_delay_s)
-    return None
+
+    if stop.is_set():
+        return None
+    try:
+        return retry_with_backoff(
+            create,
+            f"{what}: reaching Kafka",
+            stop,
+            retry_on=(KafkaError, OSError),
+            max_s=max_delay_s,
+        )
+    except Stopped:
+        return None
 
 
 class _Rebalance(ConsumerRebalanceListener):
