@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,8 @@ from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.consumer import BatchReport
-from streams.kafka import ensure_topics, make_producer
-from streams.replay import replay
+from streams.kafka import ensure_topics
+from streams.replay import replay_to
 
 PARTITIONS = 4
 MAX_RECORDS = 2000
@@ -66,11 +67,7 @@ def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
-    producer = make_producer(bootstrap, acks=1)
-    try:
-        replay(values, producer, topic, rate=rate)
-    finally:
-        producer.close()
+    replay_to(bootstrap, values, topic, rate=rate, acks=1)
 
 
 def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
@@ -104,11 +101,11 @@ def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
         consumer.close()
 
 
-def wait_consumed(reports: list[BatchReport], n: int, timeout_s: float) -> None:
+def wait_consumed(consumer: BackgroundConsumer, n: int, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
-    while sum(r.consumed for r in reports) < n:
+    while consumer.consumed < n:
         if time.monotonic() > deadline:
-            raise SystemExit(f"latentwatch consumed {sum(r.consumed for r in reports)} of {n}")
+            raise SystemExit(f"latentwatch consumed {consumer.consumed} of {n}")
         time.sleep(0.05)
 
 
@@ -225,27 +222,24 @@ def main() -> None:
             max_records=MAX_RECORDS,
         )
         with BackgroundConsumer(settings) as consumer:
-            reports = consumer.reports
-            wait_consumed(reports, args.records, timeout_s=300)
-        e2e = end_to_end_rate(reports)
-        flagged = sum(r.flagged for r in reports)
+            wait_consumed(consumer, args.records, timeout_s=300)
+        e2e = end_to_end_rate(consumer.reports)
+        flagged = sum(r.flagged for r in consumer.reports)
 
-        latency_settings = ConsumeSettings(
-            model=workdir / "model",
-            bootstrap=broker.bootstrap,
+        latency_settings = replace(
+            settings,
             topics=("latency",),
             db=f"sqlite:///{workdir / 'latency.db'}",
             group="bench-latency",
-            metrics_port=None,
-            max_records=MAX_RECORDS,
         )
         n_latency = int(args.rate * args.seconds)
         with BackgroundConsumer(latency_settings) as consumer:
-            reports = consumer.reports
             consumer.wait_for_partitions(PARTITIONS)  # else the join would count as latency
             produce(broker.bootstrap, "latency", values[:n_latency], rate=args.rate)
-            wait_consumed(reports, n_latency, timeout_s=60)
-        latencies = np.concatenate([r.committed_at - r.timestamps_ms / 1000 for r in reports])
+            wait_consumed(consumer, n_latency, timeout_s=60)
+        latencies = np.concatenate(
+            [r.committed_at - r.timestamps_ms / 1000 for r in consumer.reports]
+        )
         _, rss = consumer_processes(settings, 1, args.records, workdir)
         two_processes, _ = consumer_processes(settings, 2, args.records, workdir)
 

@@ -308,18 +308,20 @@ def replay(
 ) -> None:
     """Send a file's records to a topic as JSON messages, one per record."""
     from latentwatch.datafiles import read_table
-    from streams.kafka import make_producer
-    from streams.replay import replay as send_records
+    from streams.replay import replay_to
 
     table = read_table(data)
     bad = [r for r in table.reasons if r]
     if bad:
         fail(f"{data}: {len(bad)} unreadable row(s), first: {bad[0]}")
-    producer = make_producer(bootstrap, _kafka_options(kafka_option))
-    try:
-        report = send_records(table.rows(), producer, topic, rate=rate, key_field=key_field)
-    finally:
-        producer.close(timeout=10)
+    report = replay_to(
+        bootstrap,
+        table.rows(),
+        topic,
+        rate=rate,
+        key_field=key_field,
+        kafka_options=_kafka_options(kafka_option),
+    )
     typer.echo(
         f"sent {report.sent} records to {topic} in {report.seconds:.1f} s"
         + (f"; {report.failed} failed" if report.failed else "")

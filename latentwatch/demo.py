@@ -31,8 +31,8 @@ from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from storage.database import make_engine, session_factory
 from storage.models import FlaggedRecordRow
 from streams.consumer import RunTotals
-from streams.kafka import ensure_topics, make_producer
-from streams.replay import replay
+from streams.kafka import ensure_topics
+from streams.replay import replay_to
 
 TOPIC = "patients"
 PARTITIONS = 2
@@ -163,11 +163,7 @@ def _send(
 ) -> float:
     """Replay the messages and wait until all were consumed; the wall time taken."""
     started = time.monotonic()
-    producer = make_producer(bootstrap)
-    try:
-        replay(messages, producer, TOPIC, rate=rate)
-    finally:
-        producer.close(timeout=10)
+    replay_to(bootstrap, messages, TOPIC, rate=rate)
     deadline = time.monotonic() + 60
     while consumer.consumed < len(messages) and time.monotonic() < deadline:
         time.sleep(0.1)

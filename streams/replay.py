@@ -12,6 +12,8 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from streams.kafka import make_producer
+
 _RESEND_ROUNDS = 3
 
 
@@ -69,3 +71,21 @@ def replay(
         except KafkaError:
             continue
     return ReplayReport(sent=sent - len(failed), failed=len(failed), seconds=clock() - start)
+
+
+def replay_to(
+    bootstrap: str,
+    records: Iterable[Mapping[str, Any] | bytes],
+    topic: str,
+    *,
+    rate: float | None = None,
+    key_field: str | None = None,
+    kafka_options: Mapping[str, Any] | None = None,
+    **producer_settings: Any,
+) -> ReplayReport:
+    """:func:`replay` with a producer of its own, closed afterwards."""
+    producer = make_producer(bootstrap, kafka_options, **producer_settings)
+    try:
+        return replay(records, producer, topic, rate=rate, key_field=key_field)
+    finally:
+        producer.close(timeout=10)

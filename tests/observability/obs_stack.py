@@ -27,8 +27,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
-from streams.kafka import make_producer
-from streams.replay import replay
+from streams.replay import replay_to
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
@@ -68,11 +67,7 @@ def encode(records: Sequence[Record]) -> list[bytes]:
 def produce(bootstrap: str, topic: str, values: Sequence[bytes], rate_per_s: float | None) -> None:
     """Send ``values`` in order, at most ``rate_per_s`` a second (None: as fast as possible);
     returns once the producer has flushed every one (failed sends are retried)."""
-    producer = make_producer(bootstrap, linger_ms=5)
-    try:
-        report = replay(values, producer, topic, rate=rate_per_s)
-    finally:
-        producer.close(timeout=5)
+    report = replay_to(bootstrap, values, topic, rate=rate_per_s, linger_ms=5)
     assert report.failed == 0, f"{report.failed} records were not delivered"
 
 
