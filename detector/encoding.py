@@ -8,6 +8,7 @@ scoring, and the rest of the batch goes on.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ def encode_columns(
     matrix = np.zeros((n_rows, schema.width), dtype=np.float32)
     missing = np.zeros((n_rows, len(schema.fields)), dtype=bool)
     absent: list[object] = [None] * n_rows
-    for j, (spec, cols) in enumerate(zip(schema.fields, schema.column_slices(), strict=True)):
+    for j, (spec, cols) in enumerate(zip(schema.fields, schema.slices, strict=True)):
         values = columns.get(spec.name, absent)
         clean: Column
         if isinstance(values, np.ndarray):
@@ -165,6 +166,16 @@ def encode_records(schema: Schema, records: Sequence[object]) -> EncodedBatch:
     """Encode a batch of records (mappings of field name to value)."""
     columns, reasons = records_to_columns(schema, records)
     return encode_columns(schema, columns, len(records), reasons)
+
+
+def plain_value(value: object) -> object:
+    """A value as plain JSON-able Python: numpy scalars unwrapped, non-finite floats None (the
+    same "missing" that encoding gives them)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def decode_field(spec: FieldSpec, block: np.ndarray) -> list[object]:

@@ -106,9 +106,6 @@ class Schema:
             start += f.width
         return tuple(out)
 
-    def column_slices(self) -> tuple[slice, ...]:
-        return self.slices
-
     def missing_probabilities(self) -> np.ndarray:
         """Per field, the smoothed probability of a missing value in reference data: a field
         never missing in n rows gets 1/(n+2), so a missing value there costs about log(n) nats."""

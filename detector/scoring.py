@@ -85,7 +85,7 @@ def field_contributions(
 ) -> np.ndarray:
     """Per-field reconstruction negative log-likelihood in nats, [n, n_fields]."""
     per_column = 0.5 * (reconstruction.astype(np.float64) - matrix) ** 2 / variances
-    starts = np.array([s.start for s in schema.column_slices()], dtype=np.intp)
+    starts = np.array([s.start for s in schema.slices], dtype=np.intp)
     per_field = np.add.reduceat(per_column, starts, axis=1)
     q = schema.missing_probabilities()
     per_field += np.where(missing, -np.log(q), -np.log1p(-q))

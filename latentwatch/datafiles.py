@@ -9,7 +9,6 @@ file: its row carries a reason (so ``score`` still scores every good row).
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from detector.encoding import plain_value
 from detector.errors import DataError
 from detector.schema import Column
 
@@ -39,20 +39,12 @@ class Table:
             self.reasons = [None] * self.n_rows
 
     def row(self, i: int) -> dict[str, Any]:
-        return {name: _plain(values[i]) for name, values in self.columns.items()}
+        return {name: plain_value(values[i]) for name, values in self.columns.items()}
 
     def rows(self) -> Iterator[dict[str, Any]]:
         for i in range(self.n_rows):
             if self.reasons[i] is None:
                 yield self.row(i)
-
-
-def _plain(value: object) -> object:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):  # a missing cell
-        return None
-    return value
 
 
 def _type_csv_column(cells: list[str], keep_raw: bool) -> Column:

@@ -142,7 +142,7 @@ def test_decoding_inverts_encoding() -> None:
     batch = encode_records(schema, [{"x": 25.0, "c": "a", "b": False}])
     decoded = [
         decode_field(f, batch.matrix[:, s])[0]
-        for f, s in zip(schema.fields, schema.column_slices(), strict=True)
+        for f, s in zip(schema.fields, schema.slices, strict=True)
     ]
     assert decoded[0] == pytest.approx(25.0)
     assert decoded[1:] == ["a", False]
