@@ -9,8 +9,12 @@ scoring, and the rest of the batch goes on.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+from typing import cast
 
 import numpy as np
 
@@ -19,6 +23,7 @@ from detector.schema import Column, Columns, FieldKind, FieldSpec, Schema
 # Standardised values beyond this many sigma-equivalents are clipped: the record is already
 # extreme, and unbounded inputs would only destabilise the network.
 CLIP_SIGMAS = 50.0
+_FLOAT_MAX = sys.float_info.max
 
 _NUMBER_TYPES = frozenset({int, float, type(None)})
 _CATEGORY_TYPES = frozenset({str, int, type(None)})
@@ -55,21 +60,29 @@ def _type_name(value: object) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
+def _out_of_range(v: object) -> bool:
+    """An integer that no float64 can hold (JSON allows it; numpy would raise)."""
+    return type(v) is int and abs(v) > _FLOAT_MAX
+
+
 def _check_types(
     spec: FieldSpec, values: Sequence[object], reasons: list[str | None]
 ) -> list[object]:
     """Values of the right type, with wrong ones replaced by None and reported in ``reasons``."""
     label, allowed = _EXPECTED[spec.kind]
-    if set(map(type, values)) <= allowed:
+    kinds = set(map(type, values))
+    numeric_ints = spec.kind is FieldKind.NUMERIC and int in kinds
+    if kinds <= allowed and not (numeric_ints and any(map(_out_of_range, values))):
         return list(values)
     clean: list[object] = []
     for i, v in enumerate(values):
-        if type(v) in allowed:
+        if type(v) in allowed and not (numeric_ints and _out_of_range(v)):
             clean.append(v)
         else:
             clean.append(None)
             if reasons[i] is None:
-                reasons[i] = f"field {spec.name!r}: expected {label}, got {_type_name(v)}"
+                got = "a number beyond the float range" if _out_of_range(v) else _type_name(v)
+                reasons[i] = f"field {spec.name!r}: expected {label}, got {got}"
     return clean
 
 
@@ -136,29 +149,66 @@ def encode_columns(
         block = np.zeros((n_rows, spec.width), dtype=np.float64)
         missing[:, j] = _ENCODERS[spec.kind](spec, clean, block)
         matrix[:, cols] = block
-    valid = np.fromiter((r is None for r in reasons), dtype=bool, count=n_rows)
-    matrix[~valid] = 0.0
+    if reasons.count(None) == n_rows:  # the usual batch: one C call instead of n checks
+        valid = np.ones(n_rows, dtype=bool)
+    else:
+        valid = np.fromiter((r is None for r in reasons), dtype=bool, count=n_rows)
+        matrix[~valid] = 0.0
     return EncodedBatch(matrix=matrix, missing=missing, valid=valid, reasons=tuple(reasons))
+
+
+def numeric_block(names: Sequence[str], records: Sequence[object]) -> np.ndarray | None:
+    """The named fields of every record as one float64 matrix (null -> nan), or None when this
+    fast path does not apply: a record that is not a dict, lacks one of the fields, or holds a
+    value that is not a plain number. The general path then finds out which record and why.
+
+    One C-level lookup per record touches each record once; one pass over the batch per field
+    touches every record once per field, which measured about four times slower."""
+    if not names or set(map(type, records)) != {dict}:
+        return None
+    dicts = cast(Sequence[dict[str, object]], records)
+    try:
+        rows = list(map(itemgetter(*names), dicts))
+    except KeyError:
+        return None
+    flat = list(chain.from_iterable(rows)) if len(names) > 1 else rows
+    kinds = set(map(type, flat))
+    if not kinds <= _NUMBER_TYPES:
+        return None
+    try:
+        if type(None) in kinds:  # np.array turns None into nan; fromiter is faster without
+            block = np.array(flat, dtype=np.float64)
+        else:
+            block = np.fromiter(flat, dtype=np.float64, count=len(flat))
+    except OverflowError:  # an integer beyond float64
+        return None
+    return block.reshape(len(records), len(names))
 
 
 def records_to_columns(
     schema: Schema, records: Sequence[object]
-) -> tuple[dict[str, Sequence[object]], list[str | None]]:
+) -> tuple[dict[str, Column], list[str | None]]:
     """Transpose records (mappings) to the schema's columns; a record that is not a mapping gets
-    a reason and empty values. (One list comprehension per field measured faster than one
-    ``itemgetter`` call per record plus a transposition.)"""
+    a reason and empty values. Numeric fields take :func:`numeric_block` when they can."""
     reasons: list[str | None] = [None] * len(records)
-    rows: list[Mapping[str, object]] = []
-    empty: Mapping[str, object] = {}
-    for i, rec in enumerate(records):
-        if isinstance(rec, Mapping):
-            rows.append(rec)
-        else:
-            rows.append(empty)
-            reasons[i] = f"record must be an object, got {_type_name(rec)}"
-    columns: dict[str, Sequence[object]] = {
-        name: [r.get(name) for r in rows] for name in schema.names
-    }
+    numeric = schema.numeric_names
+    block = numeric_block(numeric, records)
+    if block is not None:
+        columns: dict[str, Column] = {name: block[:, j] for j, name in enumerate(numeric)}
+        rows = cast(list[Mapping[str, object]], records)  # all dicts: numeric_block checked
+    else:
+        columns = {}
+        rows = []
+        empty: Mapping[str, object] = {}
+        for i, rec in enumerate(records):
+            if isinstance(rec, Mapping):
+                rows.append(rec)
+            else:
+                rows.append(empty)
+                reasons[i] = f"record must be an object, got {_type_name(rec)}"
+    for name in schema.names:
+        if name not in columns:
+            columns[name] = [r.get(name) for r in rows]
     return columns, reasons
 
 

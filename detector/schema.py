@@ -94,6 +94,10 @@ class Schema:
         return tuple(f.name for f in self.fields)
 
     @cached_property
+    def numeric_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f.kind is FieldKind.NUMERIC)
+
+    @cached_property
     def width(self) -> int:
         return sum(f.width for f in self.fields)
 

@@ -13,7 +13,7 @@ import pytest
 from detector_data import VARIANT_FIXTURES, Variant
 
 from detector.detector import Detector
-from detector.explain import explain, top_feature_names
+from detector.explain import explain, explain_rows, top_feature_names
 
 Check = Callable[[Variant], None]
 
@@ -81,6 +81,24 @@ def check_explanations_name_fields_with_actual_and_expected(v: Variant) -> None:
     assert len(e.latent_2d) == 2
 
 
+def check_batched_explanations_match_one_at_a_time(v: Variant) -> None:
+    s = v.detector.score_records(v.unusual)
+    rows = np.flatnonzero(s.valid)[:20].tolist()
+    schema, latent_map = v.detector.schema, v.detector.latent_map
+    batched = explain_rows(schema, latent_map, s, rows, actual=[v.unusual[r] for r in rows])
+    single = [explain(schema, latent_map, s, r, actual=v.unusual[r]) for r in rows]
+    assert len(batched) == len(rows) > 1
+    for a, b in zip(batched, single, strict=True):
+        assert a.features == b.features
+        assert (a.cluster, a.cluster_distance, a.latent) == (
+            b.cluster,
+            b.cluster_distance,
+            b.latent,
+        )
+        assert a.latent_2d == pytest.approx(b.latent_2d, abs=1e-12)
+    assert len({e.latent for e in batched}) > 1  # each row explained with its own values
+
+
 def check_unscored_rows_cannot_be_explained(v: Variant) -> None:
     s = v.detector.score_records([None])
     with pytest.raises(ValueError, match="row 0 was not scored: record must be an object"):
@@ -95,6 +113,7 @@ CHECKS: list[Check] = [
     check_bad_records_are_rejected_not_raised,
     check_scoring_is_deterministic,
     check_explanations_name_fields_with_actual_and_expected,
+    check_batched_explanations_match_one_at_a_time,
     check_unscored_rows_cannot_be_explained,
 ]
 

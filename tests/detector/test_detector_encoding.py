@@ -8,7 +8,13 @@ import re
 import numpy as np
 import pytest
 
-from detector.encoding import CLIP_SIGMAS, decode_field, encode_columns, encode_records
+from detector.encoding import (
+    CLIP_SIGMAS,
+    decode_field,
+    encode_columns,
+    encode_records,
+    numeric_block,
+)
 from detector.errors import DataError
 from detector.schema import FieldKind, Schema, SchemaOptions, infer_schema
 
@@ -115,6 +121,70 @@ def test_wrong_types_give_a_reason_and_the_rest_of_the_batch_scores() -> None:
     assert batch.reasons[4] is None
     assert batch.reasons[5] == "record must be an object, got string"
     assert not batch.matrix[~batch.valid].any()
+
+
+def _clean_records(n: int) -> list[dict[str, object]]:
+    rng = np.random.default_rng(3)
+    return [
+        {"x": float(v), "y": int(w), "c": "ab"[i % 2], "z": None if i % 5 == 0 else float(v)}
+        for i, (v, w) in enumerate(zip(rng.normal(size=n), rng.integers(0, 9, size=n), strict=True))
+    ]
+
+
+def _general_path(
+    schema: Schema, records: list[object]
+) -> tuple[np.ndarray, tuple[str | None, ...]]:
+    """Encode through columns built one field at a time: the path without the fast block."""
+    columns = {
+        name: [r.get(name) if isinstance(r, dict) else None for r in records]
+        for name in schema.names
+    }
+    reasons = [
+        None if isinstance(r, dict) else "record must be an object, got string" for r in records
+    ]
+    batch = encode_columns(schema, columns, len(records), reasons)
+    return batch.matrix, batch.reasons
+
+
+def test_fast_numeric_block_encodes_like_the_general_path() -> None:
+    records: list[object] = list(_clean_records(50))
+    schema = _schema(**{n: [r[n] for r in records] for n in ("x", "y", "c", "z")})  # type: ignore[index]
+    block = numeric_block(schema.numeric_names, records)
+    assert block is not None and block.shape == (50, 3)
+    assert np.isnan(block[0, schema.numeric_names.index("z")])
+    batch = encode_records(schema, records)
+    matrix, reasons = _general_path(schema, records)
+    assert np.array_equal(batch.matrix, matrix)
+    assert batch.reasons == reasons
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"x": "1.5", "y": 1, "c": "a", "z": 1.0},  # a numeric string
+        {"x": True, "y": 1, "c": "a", "z": 1.0},  # a boolean where a number belongs
+        {"y": 1, "c": "a", "z": 1.0},  # a field absent
+        {"x": 2**2000, "y": 1, "c": "a", "z": 1.0},  # beyond float64
+        "not a record",
+    ],
+)
+def test_a_record_the_fast_block_cannot_take_falls_back_with_the_same_reasons(bad: object) -> None:
+    records: list[object] = list(_clean_records(20))
+    schema = _schema(**{n: [r[n] for r in records] for n in ("x", "y", "c", "z")})  # type: ignore[index]
+    records[7] = bad
+    assert numeric_block(schema.numeric_names, records) is None
+    batch = encode_records(schema, records)
+    matrix, reasons = _general_path(schema, records)
+    assert np.array_equal(batch.matrix, matrix)
+    assert batch.reasons == reasons
+    assert batch.valid.sum() >= 19
+
+
+def test_an_integer_beyond_the_float_range_is_a_wrong_value_not_a_crash() -> None:
+    schema = _schema(x=[1.0, 2.0, 3.0], c=["a", "b", "a"])
+    batch = encode_records(schema, [{"x": 10**400, "c": 10**400}, {"x": -(10**400)}, {"x": 2}])
+    assert batch.valid.tolist() == [False, False, True]
+    assert batch.reasons[0] == "field 'x': expected a number, got a number beyond the float range"
 
 
 def test_unknown_fields_are_ignored_and_absent_columns_are_missing() -> None:
