@@ -60,22 +60,20 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def dumps_json(value: Any) -> str:
-    """JSON for the JSON/JSONB columns. NaN and infinity are refused on every engine, as
-    PostgreSQL refuses them; read-only mappings (``MappingProxyType``) are accepted. Not ASCII-
-    escaped: smaller, and an unpaired surrogate fails to encode on both engines alike."""
-    return json.dumps(
-        value,
-        allow_nan=False,
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=_json_default,
-    )
+    """JSON for the JSON/JSONB columns, exactly as the engine will write it (orjson), refusing
+    what PostgreSQL refuses: NaN and infinity (which orjson would quietly write as null),
+    integers beyond 64 bits, non-string keys, unpaired surrogates. Read-only mappings
+    (``MappingProxyType``) are accepted. Raises TypeError or ValueError."""
+    text = orjson.dumps(value, default=_json_default)  # JSONEncodeError is a TypeError
+    if b"null" in text:  # a None, or a NaN written as null: the strict encoder tells which
+        json.dumps(value, allow_nan=False, default=_json_default)
+    return text.decode()
 
 
 def _write_json(value: Any) -> str:
     """The engine's JSON serializer: orjson, about ten times faster than json.dumps. Records
     reach the engine through write_flagged, whose check_storable has already refused what
-    strict JSON (dumps_json) refuses, so the two agree on everything that gets this far."""
+    :func:`dumps_json` refuses."""
     return orjson.dumps(value, default=_json_default).decode()
 
 

@@ -112,7 +112,7 @@ def write_flagged(
 def check_storable(records: Sequence[FlaggedRecord], models: Sequence[ModelVersion] = ()) -> None:
     """Refuse, naming the culprit, what PostgreSQL would reject (and SQLite might store): JSON
     that is not JSON (NaN, numpy scalars, objects), NUL characters, unpaired surrogates,
-    over-long names. Costs one extra ``json.dumps`` per record; few records are flagged."""
+    over-long names. Costs one extra orjson encoding per record; few records are flagged."""
     for record in records:
         where = f"flagged record {record.topic[:255]!r}[{record.partition}]@{record.offset}"
         for name, limit in _MAX_LENGTHS.items():

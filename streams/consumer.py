@@ -26,7 +26,14 @@ import orjson
 
 from detector.detector import Detector
 from storage.records import FlaggedRecord
-from streams.messages import UNSTORABLE, DecodePolicy, Message, Rejection
+from streams.messages import (
+    UNSTORABLE,
+    DecodePolicy,
+    Message,
+    PlainMessage,
+    Rejection,
+    timestamp_ms,
+)
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
 from streams.scoring import TopicBatch, score_messages
@@ -226,7 +233,7 @@ class ConsumerLoop:
     @staticmethod
     def _rejection_for(record: FlaggedRecord, detail: str) -> Rejection:
         # The dead letter carries what we have: the original record re-encoded as JSON.
-        message = Message(
+        message = PlainMessage(
             record.topic,
             record.partition,
             record.offset,
@@ -266,8 +273,8 @@ class ConsumerLoop:
                     clusters=s.cluster,
                     p_values=s.p_value,
                 )
-            ts = [msg.timestamp_ms for msg in b.scored_messages]
-            ts += [r.message.timestamp_ms for r in b.rejections]
+            ts = [timestamp_ms(msg) for msg in b.scored_messages]
+            ts += [timestamp_ms(r.message) for r in b.rejections]
             times = np.array([t / 1000.0 if t >= 0 else np.nan for t in ts])
             m.record_persisted(b.topic, times, committed_at)
             timestamps += ts

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from kafka import (
@@ -30,7 +31,7 @@ from kafka.structs import OffsetAndMetadata
 
 from detector.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
-from streams.messages import Message, Rejection
+from streams.messages import Message, Rejection, timestamp_ms
 from streams.retry import Stopped, retry_with_backoff
 
 log = logging.getLogger("latentwatch.kafka")
@@ -140,15 +141,10 @@ class KafkaSource:
         return self._consumer is not None
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        """kafka-python's ConsumerRecords, which are Messages as they come."""
         assert self._consumer is not None
         polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        return [
-            Message(
-                r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ())
-            )
-            for records in polled.values()
-            for r in records
-        ]
+        return list(chain.from_iterable(polled.values()))
 
     def commit(self, offsets: Offsets) -> bool:
         assert self._consumer is not None
@@ -234,13 +230,13 @@ class DeadLetterProducer:
             for r in rejections:
                 m = r.message
                 headers = [
-                    *((k, v) for k, v in m.headers if v is not None),
+                    *((k, v) for k, v in m.headers or () if v is not None),
                     ("latentwatch-reason", _text(r.reason)),
                     ("latentwatch-detail", _text(r.detail[:1000])),
                     ("latentwatch-source-topic", _text(m.topic)),
                     ("latentwatch-source-partition", _text(m.partition)),
                     ("latentwatch-source-offset", _text(m.offset)),
-                    ("latentwatch-source-timestamp", _text(m.timestamp_ms)),
+                    ("latentwatch-source-timestamp", _text(timestamp_ms(m))),
                 ]
                 futures.append(
                     self._producer.send(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from detector.detector import Detector
-from detector.explain import explain
+from detector.explain import explain_rows
 from detector.scoring import ScoreBatch
 from storage.records import FlaggedRecord
 from streams.messages import (
@@ -21,7 +21,8 @@ from streams.messages import (
     DecodePolicy,
     Message,
     Rejection,
-    decode,
+    decode_all,
+    timestamp_ms,
 )
 
 EXPLAINED_FEATURES = 5
@@ -61,85 +62,92 @@ def parse_event_time(value: object) -> datetime | None:
 
 
 def message_time(message: Message) -> datetime | None:
-    if message.timestamp_ms < 0:
-        return None
-    return datetime.fromtimestamp(message.timestamp_ms / 1000.0, UTC)
+    ms = timestamp_ms(message)
+    return None if ms < 0 else datetime.fromtimestamp(ms / 1000.0, UTC)
 
 
-def _flagged_record(
+def flagged_records(
     detector: Detector,
-    *,
-    message: Message,
-    record: Mapping[str, Any],
+    messages: Sequence[Message],
+    records: Sequence[Mapping[str, Any]],
     scores: ScoreBatch,
-    row: int,
+    *,
+    rows: np.ndarray,
     now: datetime,
-) -> FlaggedRecord:
+) -> list[FlaggedRecord]:
+    """Storage rows for the scored ``rows`` (indices into ``scores``, ``messages`` and
+    ``records``), explained in one batch; numpy columns become Python lists once, not one scalar
+    at a time."""
     schema = detector.schema
-    why = explain(schema, detector.latent_map, scores, row, actual=record, top=EXPLAINED_FEATURES)
-    event_time = None
-    if schema.timestamp_column:
-        event_time = parse_event_time(record.get(schema.timestamp_column))
-    record_id = record.get(schema.id_column) if schema.id_column else None
-    return FlaggedRecord(
-        topic=message.topic,
-        partition=message.partition,
-        offset=message.offset,
-        kafka_timestamp=message.timestamp_ms,
-        key=message.key.decode("utf-8", "replace") if message.key is not None else None,
-        record_id=None if record_id is None else str(record_id),
-        event_time=event_time or message_time(message),
-        scored_time=now,
-        model_version=detector.version,
-        score=float(scores.score[row]),
-        severity=float(scores.severity[row]),
-        p_value=float(scores.p_value[row]),
-        density=float(scores.density[row]),
-        density_p_value=float(scores.density_p_value[row]),
-        reconstruction=float(scores.reconstruction[row]),
-        reconstruction_p_value=float(scores.reconstruction_p_value[row]),
-        cluster=int(scores.cluster[row]),
-        cluster_distance=float(scores.cluster_distance[row]),
-        top_feature=why.features[0].name if why.features else None,
-        explanation=why.to_dict(),
-        record=record,
+    chosen = [records[i] for i in rows.tolist()]
+    explanations = explain_rows(
+        schema, detector.latent_map, scores, rows, actual=chosen, top=EXPLAINED_FEATURES
     )
+    columns = {
+        name: getattr(scores, name)[rows].tolist()
+        for name in (
+            "score",
+            "severity",
+            "p_value",
+            "density",
+            "density_p_value",
+            "reconstruction",
+            "reconstruction_p_value",
+            "cluster",
+            "cluster_distance",
+        )
+    }
+    out = []
+    for k, (i, record, why) in enumerate(zip(rows.tolist(), chosen, explanations, strict=True)):
+        message = messages[i]
+        event_time = None
+        if schema.timestamp_column:
+            event_time = parse_event_time(record.get(schema.timestamp_column))
+        record_id = record.get(schema.id_column) if schema.id_column else None
+        out.append(
+            FlaggedRecord(
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+                kafka_timestamp=timestamp_ms(message),
+                key=message.key.decode("utf-8", "replace") if message.key is not None else None,
+                record_id=None if record_id is None else str(record_id),
+                event_time=event_time or message_time(message),
+                scored_time=now,
+                model_version=detector.version,
+                top_feature=why.features[0].name if why.features else None,
+                explanation=why.to_dict(),
+                record=record,
+                **{name: values[k] for name, values in columns.items()},
+            )
+        )
+    return out
 
 
 def score_messages(
     topic: str, messages: Sequence[Message], detector: Detector, policy: DecodePolicy, now: datetime
 ) -> TopicBatch:
     """Decode and score one topic's messages; bad ones become rejections, never exceptions."""
-    rejections: list[Rejection] = []
-    records: list[dict[str, Any]] = []
-    decoded_messages: list[Message] = []
-    fields = detector.schema.names
-    for message in messages:
-        result = decode(message, policy)
-        if isinstance(result, Rejection):
-            rejections.append(result)
-        elif not any(name in result for name in fields):
-            rejections.append(
-                Rejection(message, MISSING_REQUIRED, "the record has none of the model's fields")
-            )
-        else:
-            records.append(result)
-            decoded_messages.append(message)
+    records, decoded_messages, rejections = decode_all(messages, policy)
+    fields = frozenset(detector.schema.names)
+    if any(map(fields.isdisjoint, records)):  # rare: set aside records with none of the fields
+        featureless = [fields.isdisjoint(r) for r in records]
+        rejections += [
+            Rejection(m, MISSING_REQUIRED, "the record has none of the model's fields")
+            for m, none in zip(decoded_messages, featureless, strict=True)
+            if none
+        ]
+        records = [r for r, none in zip(records, featureless, strict=True) if not none]
+        decoded_messages = [
+            m for m, none in zip(decoded_messages, featureless, strict=True) if not none
+        ]
     if not records:
         return TopicBatch(topic, len(messages), rejections, [], None, [])
     scores = detector.score_records(records)
     for i in np.flatnonzero(~scores.valid):
         rejections.append(Rejection(decoded_messages[i], WRONG_TYPE, str(scores.reasons[i])))
-    flagged = [
-        _flagged_record(
-            detector,
-            message=decoded_messages[i],
-            record=records[i],
-            scores=scores,
-            row=int(i),
-            now=now,
-        )
-        for i in np.flatnonzero(scores.flagged)
-    ]
+    flagged = flagged_records(
+        detector, decoded_messages, records, scores, rows=np.flatnonzero(scores.flagged), now=now
+    )
     scored = [m for m, ok in zip(decoded_messages, scores.valid, strict=True) if ok]
     return TopicBatch(topic, len(messages), rejections, scored, scores, flagged)

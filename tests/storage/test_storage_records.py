@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
 import pytest
 
 import storage.repository
@@ -47,7 +48,10 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
         ({"record": {"note": "a\x00b"}}, "record contains a NUL character"),
         ({"key": "a\x00b"}, "key contains a NUL character"),
         ({"record_id": "\ud800"}, "record_id is not valid Unicode"),
-        ({"record": {"name": "\udc80"}}, "record is not valid Unicode"),
+        ({"record": {"name": "\udc80"}}, "record is not storable as JSON"),
+        ({"record": {"amount": np.float64(1.5)}}, "record is not storable as JSON"),
+        ({"record": {1: "int key"}}, "record is not storable as JSON"),
+        ({"record": {"big": 2**70}}, "record is not storable as JSON"),
         ({"topic": "t" * 256}, "topic is longer than 255 characters"),
         ({"model_version": "v" * 65}, "model_version is longer than 64 characters"),
     ],
@@ -59,6 +63,9 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
         "nul-text",
         "surrogate",
         "surrogate-json",
+        "numpy-scalar",
+        "int-key",
+        "int-beyond-64-bits",
         "long-topic",
         "long-version",
     ],

@@ -20,7 +20,7 @@ from streams.consumer import (
     Unavailable,
     UnstorableRecord,
 )
-from streams.messages import Message, Rejection
+from streams.messages import Message, PlainMessage, Rejection
 from streams.metrics import StreamMetrics
 
 FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)
@@ -98,7 +98,7 @@ class FakeDeadLetters:
 
 def messages(values: list[bytes], partition: int = 0, start: int = 0) -> list[Message]:
     return [
-        Message("t", partition, start + i, 1_790_000_000_000 + i, None, v)
+        PlainMessage("t", partition, start + i, 1_790_000_000_000 + i, None, v)
         for i, v in enumerate(values)
     ]
 

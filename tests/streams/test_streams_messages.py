@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.messages import DecodePolicy, Message, Rejection, decode
+from streams.messages import DecodePolicy, Message, PlainMessage, Rejection, decode
 from streams.scoring import parse_event_time
 
 
 def msg(value: bytes | None, headers: tuple[tuple[str, bytes | None], ...] = ()) -> Message:
-    return Message("t", 0, 7, 1_790_000_000_000, b"k", value, headers)
+    return PlainMessage("t", 0, 7, 1_790_000_000_000, b"k", value, headers)
 
 
 @pytest.mark.parametrize(
