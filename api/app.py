@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """Flagged records of latentwatch: filter, page and export them, read why each was
 flagged, and record whether it was a true or false alarm. Scores are in nats, higher = more
 anomalous. With a token configured, send `Authorization: Bearer <token>` to every route except
-/health and the explorer page's files."""
+/health and the explorer page's files (this schema included)."""
 
 
 def _version() -> str:
@@ -49,7 +49,17 @@ def _version() -> str:
 def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) -> FastAPI:
     """The API and explorer over the database that ``session_factory`` opens. Route code gets
     sessions through ``api.dependencies.get_session_factory``/``get_session`` (overridable)."""
-    app = FastAPI(title="latentwatch", version=_version(), description=DESCRIPTION)
+    # With a token, the schema is served behind it too, and the interactive pages (which fetch
+    # the schema without a token, and their scripts from a CDN) are off.
+    public = not settings.token
+    app = FastAPI(
+        title="latentwatch",
+        version=_version(),
+        description=DESCRIPTION,
+        openapi_url="/openapi.json" if public else None,
+        docs_url="/docs" if public else None,
+        redoc_url="/redoc" if public else None,
+    )
     app.state.session_factory = session_factory
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -93,6 +103,12 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
                 "run `latentwatch db upgrade --db URL`"
             )
         return ReadyOut(status="ready", detail=f"database reachable, schema at {head}")
+
+    if settings.token:
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+        def openapi() -> dict[str, Any]:
+            return app.openapi()
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

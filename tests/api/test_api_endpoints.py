@@ -165,6 +165,7 @@ def test_not_ready_when_the_database_is_unreachable() -> None:
         ("GET", "/api/evaluate"),
         ("GET", "/api/models"),
         ("GET", "/ready"),
+        ("GET", "/openapi.json"),
     ],
 )
 def test_token_is_required_everywhere_but_health_and_page(
@@ -189,6 +190,17 @@ def test_token_is_required_everywhere_but_health_and_page(
         assert ok.status_code in (200, 201), ok.text
         for open_path in ("/health", "/", "/static/explorer.js", "/static/explorer.css"):
             assert client.get(open_path).status_code == 200, open_path
+        for interactive_docs in ("/docs", "/redoc"):  # they would fetch the schema without a token
+            assert client.get(interactive_docs).status_code == 404
+
+
+def test_the_schema_behind_the_token_is_the_full_api_description(
+    sessions: sessionmaker[Session],
+) -> None:
+    with TestClient(create_app(ApiSettings(token="s3cret-token"), sessions)) as client:
+        schema = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret-token"})
+    assert schema.status_code == 200
+    assert {"/api/flagged", "/api/flagged/{flagged_id}", "/health"} <= set(schema.json()["paths"])
 
 
 def test_without_a_token_no_header_is_needed(client: TestClient) -> None:
