@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.mixture import GaussianMixture
@@ -212,6 +213,7 @@ def main() -> None:
         summary = "  ".join(f"{d}={r.auroc:.3f}" for d, r in results[name].items())
         print(f"{name:<11} {summary}", file=sys.stderr, flush=True)
     table = markdown(results, names, calibration_rows)
+    print(describe())
     print(table)
     if args.markdown:
         args.markdown.write_text(table + "\n")

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from machine import describe
 from sklearn.datasets import load_breast_cancer
 from sklearn.ensemble import IsolationForest
 from sklearn.neighbors import LocalOutlierFactor
@@ -88,6 +89,7 @@ def main() -> None:
             args.repeats,
         ),
     }
+    print(describe())
     print(
         f"{args.rows} records x 30 features, batches of {args.batch}, 1 thread, "
         f"best of {args.repeats}"

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 import torch
 from kafka import KafkaConsumer
+from machine import describe
 from sklearn.datasets import load_breast_cancer
 
 from detector import artifact
@@ -244,6 +245,7 @@ def main() -> None:
         two_processes, _ = consumer_processes(settings, 2, args.records, workdir)
 
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    print(describe())
     print(
         f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
         f"kafka-python, 1 torch thread; {flagged:,} flagged"
