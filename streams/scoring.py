@@ -5,7 +5,7 @@ around it does the I/O."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +26,10 @@ from streams.messages import (
 )
 
 EXPLAINED_FEATURES = 5
+# The scores a flagged record stores: the fields a FlaggedRecord shares with a ScoreBatch.
+_SCORE_FIELDS = tuple(
+    f.name for f in fields(FlaggedRecord) if f.name in {g.name for g in fields(ScoreBatch)}
+)
 # Epoch numbers above this are milliseconds, not seconds (this is the year 2286 in seconds).
 _EPOCH_MS_THRESHOLD = 10_000_000_000
 
@@ -83,20 +87,7 @@ def flagged_records(
     explanations = explain_rows(
         schema, detector.latent_map, scores, rows, actual=chosen, top=EXPLAINED_FEATURES
     )
-    columns = {
-        name: getattr(scores, name)[rows].tolist()
-        for name in (
-            "score",
-            "severity",
-            "p_value",
-            "density",
-            "density_p_value",
-            "reconstruction",
-            "reconstruction_p_value",
-            "cluster",
-            "cluster_distance",
-        )
-    }
+    columns = {name: getattr(scores, name)[rows].tolist() for name in _SCORE_FIELDS}
     out = []
     for k, (i, record, why) in enumerate(zip(rows.tolist(), chosen, explanations, strict=True)):
         message = messages[i]
