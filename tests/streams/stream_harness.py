@@ -219,11 +219,12 @@ class TcpProxy:
             self._listener = None
         with self._lock:
             pairs, self._pairs = self._pairs, []
+        # shutdown() only: each pump thread sees the end of its stream and closes its own
+        # sockets; closing them here would pull the descriptors out from under its select()
         for a, b in pairs:
             for s in (a, b):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                s.close()
 
     def close(self) -> None:
         self.cut()
