@@ -37,7 +37,7 @@ from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer, ConsumeSettings, freeze_startup_heap
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
@@ -72,7 +72,9 @@ def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None 
 
 
 def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
-    """Records/s of a plain consumer-group member: poll, orjson decode, commit per batch."""
+    """Records/s of a plain consumer-group member: poll, orjson decode, commit per batch.
+    With the same garbage-collector policy as the service (start-up heap frozen)."""
+    freeze_startup_heap()
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
