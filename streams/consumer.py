@@ -307,5 +307,4 @@ class ConsumerLoop:
             )
 
     def _publish_lag(self) -> None:
-        for (topic, partition), lag in self.source.lag().items():
-            self.metrics.set_lag(topic, partition, lag)
+        self.metrics.set_lags(self.source.lag())

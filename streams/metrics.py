@@ -233,6 +233,7 @@ class StreamMetrics:
         self._lag = gauge(
             "consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"]
         )
+        self._lag_series: set[tuple[str, str]] = set()
         self._last_record_time = gauge(
             "last_record_timestamp_seconds", "Newest event time processed, Unix seconds.", by_topic
         )
@@ -365,9 +366,18 @@ class StreamMetrics:
         last-batch time here keeps a quiet stream from looking like a stalled consumer."""
         self._last_batch_time.set(now_s)
 
-    def set_lag(self, topic: str, partition: int, lag: int) -> None:
-        """Lag = high watermark - position, from the consumer (not end_offsets, see docs)."""
-        self._lag.labels(topic=topic, partition=str(partition)).set(lag)
+    def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """The lag (high watermark - position, from the consumer, not end_offsets: see docs) of
+        every partition this consumer owns now, and no series for any other: a partition
+        handed to another member must not keep a frozen series here. Called from the loop's
+        thread only; the revocation callback runs on kafka-python's I/O thread and may race
+        the loop's read of the assignment, so the next call is what puts things right."""
+        owned = {(topic, str(partition)) for topic, partition in lags}
+        for labels in self._lag_series - owned:
+            self._lag.remove(*labels)
+        for (topic, partition), lag in lags.items():
+            self._lag.labels(topic=topic, partition=str(partition)).set(lag)
+        self._lag_series = owned
 
     def db_write_error(self) -> None:
         self._db_write_errors.inc()
@@ -382,7 +392,5 @@ class StreamMetrics:
         self._commit_failures.inc()
 
     def rebalance(self) -> None:
-        """Partitions were revoked: forget all lag series; the next batches set the lag of the
-        partitions this consumer now owns (a stale series would look like a stuck partition)."""
+        """Partitions were revoked (the lag series follow at the loop's next :meth:`set_lags`)."""
         self._rebalances.inc()
-        self._lag.clear()

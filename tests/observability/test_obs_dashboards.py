@@ -101,7 +101,7 @@ def exposed_names() -> set[str]:
     )
     metrics.record_persisted("records", np.array([1.0e9, 1.0e9]), now_s=1.0e9 + 1)
     metrics.batch_done(0.01, now_s=1.0e9 + 1)
-    metrics.set_lag("records", 0, 5)
+    metrics.set_lags({("records", 0): 5})
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 

@@ -210,13 +210,20 @@ def test_batch_done_and_idle_advance_the_last_batch_time(
     assert value(registry, "latentwatch_batch_duration_seconds_count") == 1
 
 
-def test_lag_and_rebalance(registry: CollectorRegistry, metrics: StreamMetrics) -> None:
-    metrics.set_lag(TOPIC, 0, 120)
-    metrics.set_lag(TOPIC, 3, 7)
+def test_lag_series_follow_the_assignment(
+    registry: CollectorRegistry, metrics: StreamMetrics
+) -> None:
+    metrics.set_lags({(TOPIC, 0): 120, (TOPIC, 3): 7})
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") == 7
     metrics.rebalance()
     assert value(registry, "latentwatch_rebalances_total") == 1
+    # after the rebalance this member owns 1 and 3: partition 0 must not keep a frozen series
+    metrics.set_lags({(TOPIC, 1): 4, (TOPIC, 3): 9})
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="0") is None
+    assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="1") == 4
+    assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") == 9
+    metrics.set_lags({})  # every partition revoked
+    assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") is None
 
 
 def test_error_counters(registry: CollectorRegistry, metrics: StreamMetrics) -> None:
