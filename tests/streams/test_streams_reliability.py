@@ -105,8 +105,16 @@ def test_sigkilled_consumer_loses_and_duplicates_nothing(
         crash_after_progress(s, log, db_url, topic, sender, rng)
         kills += 1
     sender.join()
+    joined_before = log.read_text().count("partitions assigned")
     proc = process_consumer(s, log)
     try:
+        # The crashed ones may have stored everything already: wait for this one to be in the
+        # group (its signal handlers are in place by then) before judging and stopping it.
+        wait_until(
+            lambda: log.read_text().count("partitions assigned") > joined_before,
+            30,
+            f"the last consumer to join the group (log: {log})",
+        )
         wait_until(
             lambda: len(stored_rows(db_url, topic)) >= len(expected),
             60,
