@@ -12,6 +12,7 @@ breast-cancer set resampled, 5 % malignant):
 5. scale-out: two `latentwatch consume` processes in one group over the same topic.
 
     python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
+    python bench/stream.py --stages   # where the time goes: microseconds per record per stage
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -199,12 +201,58 @@ def consumer_processes(
             proc.wait(30)
 
 
+# (module, attribute, label): the consumer's stages, timed by --stages. Patched where they are
+# looked up at call time, so the real consumer runs with timers around each.
+STAGES = (
+    ("streams.kafka", "KafkaSource.poll", "kafka-python fetch and record unpacking (poll)"),
+    ("streams.scoring", "decode_all", "JSON decoding and message checks (decode_all)"),
+    ("detector.encoding", "numeric_block", "fields out of the dicts into a matrix (numeric_block)"),
+    ("detector.encoding", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
+    ("detector.detector", "Detector.score_encoded", "model maths (score_encoded)"),
+    ("streams.scoring", "flagged_records", "explaining and building the flagged records"),
+    ("streams.sql_sink", "SqlSink.write", "writing them to SQLite (one transaction per batch)"),
+    ("streams.kafka", "KafkaSource.commit", "offset commit"),
+    ("streams.consumer", "ConsumerLoop._account", "metrics and bookkeeping"),
+    ("streams.consumer", "ConsumerLoop.process", "everything after poll (process), in all"),
+)
+
+
+def time_stages() -> dict[str, float]:
+    """Wrap each stage with a timer; returns the dict the timers add seconds to. A poll that
+    returns nothing (the idle tail once the topic is drained) is not counted."""
+    import importlib  # noqa: PLC0415
+
+    spent = dict.fromkeys((label for *_, label in STAGES), 0.0)
+    for module_name, attribute, label in STAGES:
+        owner: object = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+
+        def timed(*args: object, _f: Any = original, _label: str = label, **kw: object) -> object:
+            t = time.perf_counter()
+            result = _f(*args, **kw)
+            if not (type(result) is list and not result):  # an empty poll: idle, not work
+                spent[_label] += time.perf_counter() - t
+            return result
+
+        setattr(owner, name, timed)
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--rate", type=float, default=1000.0, help="latency test, records/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="latency test duration")
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="time each stage of the end-to-end run instead (slows it a little); no other tests",
+    )
     args = parser.parse_args()
+    spent = time_stages() if args.stages else None
     torch.set_num_threads(1)
     columns, values = records(args.records)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
@@ -228,6 +276,14 @@ def main() -> None:
             wait_consumed(consumer, args.records, timeout_s=300)
         e2e = end_to_end_rate(consumer.reports)
         flagged = sum(r.flagged for r in consumer.reports)
+        if spent is not None:
+            print(describe())
+            print(f"raw ceiling {raw:,.0f} records/s; end to end with timers {e2e:,.0f} records/s")
+            print("| stage | µs per record |")
+            print("|---|---|")
+            for label, seconds in spent.items():
+                print(f"| {label} | {seconds / args.records * 1e6:.1f} |")
+            return
 
         latency_settings = replace(
             settings,
