@@ -116,7 +116,7 @@ def _read_jsonl(path: Path) -> Table:
 
 def _read_parquet(path: Path) -> Table:
     try:
-        import pyarrow.parquet as pq  # type: ignore[import-not-found]  # noqa: PLC0415
+        import pyarrow.parquet as pq  # noqa: PLC0415
     except ImportError:
         raise DataError(
             "reading .parquet needs pyarrow: pip install 'latentwatch[parquet]'"
