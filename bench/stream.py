@@ -75,7 +75,7 @@ def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None 
     replay_to(bootstrap, values, topic, rate=rate, acks=1)
 
 
-def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
+def raw_ceiling(bootstrap: str, topic: str, n: int, max_records: int) -> float:
     """Records/s of a plain consumer-group member: poll, orjson decode, commit per batch.
     With the same garbage-collector policy as the service (start-up heap frozen)."""
     latentwatch.service.freeze_startup_heap()
@@ -93,7 +93,7 @@ def raw_ceiling(bootstrap: str, topic: str, n: int) -> float:
     seen, first = 0, None
     try:
         while seen < n:
-            batch = consumer.poll(timeout_ms=1000, max_records=MAX_RECORDS)
+            batch = consumer.poll(timeout_ms=1000, max_records=max_records)
             for messages in batch.values():
                 if first is None:
                     first = time.perf_counter()
@@ -163,7 +163,7 @@ def consumer_processes(
                 "--metrics-port",
                 str(port),
                 "--max-records",
-                str(MAX_RECORDS),
+                str(settings.max_records),
                 "--log-level",
                 "warning",
             ],
@@ -249,6 +249,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="latency test, records/s")
     parser.add_argument("--seconds", type=float, default=20.0, help="latency test duration")
     parser.add_argument(
+        "--max-records",
+        type=int,
+        default=MAX_RECORDS,
+        help="records per poll, for the raw loop and latentwatch alike",
+    )
+    parser.add_argument(
         "--stages",
         action="store_true",
         help="time each stage of the end-to-end run instead (slows it a little); no other tests",
@@ -271,7 +277,7 @@ def main() -> None:
         ensure_topics(broker.bootstrap, ["bench", "latency"], partitions=PARTITIONS)
         produce(broker.bootstrap, "bench", values)
 
-        raw = raw_ceiling(broker.bootstrap, "bench", args.records)
+        raw = raw_ceiling(broker.bootstrap, "bench", args.records, args.max_records)
         settings = ConsumeSettings(
             model=workdir / "model",
             bootstrap=broker.bootstrap,
@@ -279,7 +285,7 @@ def main() -> None:
             db=f"sqlite:///{workdir / 'e2e.db'}",
             group="bench-e2e",
             metrics_port=None,
-            max_records=MAX_RECORDS,
+            max_records=args.max_records,
         )
         with BackgroundConsumer(settings) as consumer:
             wait_consumed(consumer, args.records, timeout_s=300)
@@ -316,7 +322,8 @@ def main() -> None:
     print(describe())
     print(
         f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
-        f"kafka-python, 1 torch thread; {flagged:,} flagged"
+        f"kafka-python, polls of up to {args.max_records:,} records, 1 torch thread; "
+        f"{flagged:,} flagged"
     )
     print("| measure | value |")
     print("|---|---|")
