@@ -222,6 +222,50 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("alembic").setLevel(max(logging.getLogger().level, logging.WARNING))
 
 
+def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """`--config FILE`: the command's options from the TOML table named after it (`[consume]`,
+    `[api]`; names as on the command line, `-` or `_`). The command line and `LATENTWATCH_*`
+    variables win over the file, the file over the built-in defaults (click's default map)."""
+    if value is None or ctx.resilient_parsing:
+        return value
+    import tomllib
+
+    try:
+        document = tomllib.loads(value.read_text(encoding="utf-8"))
+    except OSError as exc:
+        fail(f"cannot read config file {value}: {exc.strerror or exc}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        fail(f"config file {value} is not valid TOML: {exc}")
+    command = ctx.info_name or ""
+    section = document.get(command)
+    if not isinstance(section, dict):
+        fail(f"config file {value} has no [{command}] table")
+    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    defaults: dict[str, Any] = {}
+    for key, item in section.items():
+        name = key.replace("-", "_")
+        param = params.get(name)
+        if param is None:
+            known = ", ".join(sorted(n.replace("_", "-") for n in params))
+            fail(f"config file {value}: [{command}] has no setting {key!r} (known: {known})")
+        multiple = getattr(param, "multiple", False)
+        defaults[name] = [item] if multiple and not isinstance(item, list) else item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar=_env("CONFIG"),
+        is_eager=True,
+        callback=_load_config,
+        help="TOML file with this command's options in a table named after it",
+    ),
+]
+
+
 def _kafka_options(values: list[str] | None) -> dict[str, object]:
     """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}."""
     options: dict[str, object] = {}
@@ -271,6 +315,7 @@ def consume(
         typer.Option(envvar=_env("KAFKA_OPTIONS"), help="Extra kafka-python setting name=value"),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    config: ConfigOption = None,
 ) -> None:
     """Watch Kafka topic(s): score every record, store flagged ones, dead-letter bad ones."""
     from latentwatch.service import ConsumeSettings, run_consumer
@@ -414,6 +459,7 @@ def api(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    config: ConfigOption = None,
 ) -> None:
     """Serve the query API and the explorer page (loopback by default)."""
     from api.server import run_api

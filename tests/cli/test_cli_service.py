@@ -128,6 +128,70 @@ def test_consume_settings_come_from_the_environment(tmp_path: Path) -> None:
     assert f"model directory {tmp_path / 'from-env'} does not exist" in proc.stderr
 
 
+def test_consume_settings_from_a_config_file_under_env_and_command_line(tmp_path: Path) -> None:
+    """`--config` fills what the command line and LATENTWATCH_* leave open, never more."""
+    config = tmp_path / "latentwatch.toml"
+    config.write_text(
+        "[consume]\n"
+        f'model = "{tmp_path / "from-file"}"\n'
+        'bootstrap = "127.0.0.1:1"\n'
+        'topic = "t"\n'
+        f'db = "sqlite:///{tmp_path / "x.db"}"\n'
+        "max-records = 500\n"
+        "[api]\n"
+        'db = "nosuch://from-file"\n'
+    )
+
+    def model_error(*args: str | Path, env: dict[str, str] | None = None) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "latentwatch", *map(str, args)],
+            env={"PATH": "/usr/bin:/bin", **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert model_error("consume", "--config", config).endswith(
+        f"model directory {tmp_path / 'from-file'} does not exist"
+    )
+    env = {"LATENTWATCH_MODEL": str(tmp_path / "from-env")}
+    assert model_error("consume", "--config", config, env=env).endswith(
+        f"model directory {tmp_path / 'from-env'} does not exist"
+    )
+    assert model_error(
+        "consume", "--config", config, "--model", tmp_path / "from-cli", env=env
+    ).endswith(f"model directory {tmp_path / 'from-cli'} does not exist")
+    # the same file serves the API from its own table
+    assert "unsupported database URL 'nosuch://from-file'" in model_error("api", "--config", config)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('[consume]\nmodle = "m"\n', "[consume] has no setting 'modle' (known: bootstrap, db,"),
+        ('model = "m"\n', "has no [consume] table"),
+        ("[consume\n", "is not valid TOML"),
+        (None, "cannot read config file"),
+    ],
+)
+def test_bad_config_file_is_one_clear_line(
+    tmp_path: Path, content: str | None, message: str
+) -> None:
+    config = tmp_path / "latentwatch.toml"
+    if content is not None:
+        config.write_text(content)
+    proc = run("consume", "--config", config)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("latentwatch: error: ")
+    assert message in lines[0]
+
+
 def _flagged(offset: int, scored: datetime) -> FlaggedRecord:
     return FlaggedRecord(
         topic="t",
