@@ -221,7 +221,8 @@ STAGES = (
 
 def time_stages() -> dict[str, float]:
     """Wrap each stage with a timer; returns the dict the timers add seconds to. A poll that
-    returns nothing (the idle tail once the topic is drained) is not counted."""
+    returns nothing (the idle tail once the topic is drained) is not counted; every other call
+    is, whatever it returns."""
     import importlib  # noqa: PLC0415
 
     spent = dict.fromkeys((label for *_, label in STAGES), 0.0)
@@ -232,10 +233,16 @@ def time_stages() -> dict[str, float]:
             owner = getattr(owner, part)
         original = getattr(owner, name)
 
-        def timed(*args: object, _f: Any = original, _label: str = label, **kw: object) -> object:
+        def timed(
+            *args: object,
+            _f: Any = original,
+            _label: str = label,
+            _is_poll: bool = name == "poll",
+            **kw: object,
+        ) -> object:
             t = time.perf_counter()
             result = _f(*args, **kw)
-            if not (type(result) is list and not result):  # an empty poll: idle, not work
+            if not (_is_poll and not result):  # an empty poll is idle time, not work
                 spent[_label] += time.perf_counter() - t
             return result
 
