@@ -183,7 +183,7 @@ def freeze_startup_heap() -> None:
     """Put everything alive before the loop starts (torch, the model, the clients) out of the
     cyclic garbage collector's reach. A batch's records live through a few young collections,
     so full collections come every few batches; over the whole start-up heap each took
-    hundreds of milliseconds, a third of the consumer's time (docs/benchmarks.md). Frozen
+    hundreds of milliseconds, about a fifth of the consumer's time (docs/benchmarks.md). Frozen
     objects are still freed by reference counting; only cycles among them would never be."""
     gc.collect()
     gc.freeze()
