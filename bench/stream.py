@@ -6,7 +6,8 @@ breast-cancer set resampled, 5 % malignant):
 1. raw ceiling: a kafka-python consumer-group member that polls, decodes each value with
    orjson and commits after every batch, nothing else;
 2. latentwatch end to end on the same topic: consume, decode, validate, score, persist flagged
-   records to SQLite, dead-letter, commit (the consumer in this process, like the baseline);
+   records to SQLite (or PostgreSQL with --postgres), dead-letter, commit (the consumer in
+   this process, like the baseline);
 3. end-to-end latency (message timestamp -> batch committed) at a steady --rate;
 4. peak RSS of a `latentwatch consume` process that consumes the whole topic;
 5. scale-out: two `latentwatch consume` processes in one group over the same topic.
@@ -14,6 +15,8 @@ breast-cancer set resampled, 5 % malignant):
     python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
     python bench/stream.py --stages   # where the time goes: microseconds per record per stage
     python bench/stream.py --no-freeze  # without the consumer's garbage-collector freeze
+    python bench/stream.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
+        # flagged records to PostgreSQL: each run gets a throwaway database on that server
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,9 @@ import torch
 from kafka import KafkaConsumer
 from machine import describe
 from sklearn.datasets import load_breast_cancer
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 import latentwatch.service
 from detector import artifact
@@ -42,6 +51,7 @@ from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from storage.database import upgrade
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
@@ -69,6 +79,35 @@ def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]
         **{n_: list(map(float, data.data[train, j])) for j, n_ in enumerate(names)},
     }
     return columns, values
+
+
+@contextmanager
+def databases(postgres: str | None, workdir: Path) -> Iterator[Callable[[str], str]]:
+    """A factory of empty databases by name: SQLite files in ``workdir``, or throwaway
+    databases on the ``postgres`` server (migrated, as `latentwatch db upgrade` does; dropped at
+    the end)."""
+    if postgres is None:
+        yield lambda name: f"sqlite:///{workdir / (name + '.db')}"
+        return
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    created: list[str] = []
+
+    def new(name: str) -> str:
+        database = f"lw_bench_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
+        created.append(database)
+        url = make_url(postgres).set(database=database).render_as_string(hide_password=False)
+        upgrade(url)
+        return url
+
+    try:
+        yield new
+    finally:
+        with admin.connect() as connection:
+            for database in created:
+                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        admin.dispose()
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
@@ -136,13 +175,14 @@ def _consumed(port: int) -> float:
 
 
 def consumer_processes(
-    settings: ConsumeSettings, processes: int, n: int, workdir: Path
+    settings: ConsumeSettings, processes: int, n: int, database: Callable[[str], str]
 ) -> tuple[float, float]:
     """Run `processes` `latentwatch consume` processes in one new group over the topic, until
     they consumed it all: (records/s from the first record to the last, largest peak RSS MB).
     Progress is read from their metrics endpoints every 0.1 s."""
     group = f"bench-processes-{processes}"
     ports = [free_port() for _ in range(processes)]
+    db = database(group)
     procs = [
         subprocess.Popen(
             [
@@ -157,7 +197,7 @@ def consumer_processes(
                 "--topic",
                 settings.topics[0],
                 "--db",
-                f"sqlite:///{workdir / (group + '.db')}",
+                db,
                 "--group",
                 group,
                 "--metrics-port",
@@ -212,7 +252,7 @@ STAGES = (
     ("detector.encoding", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
     ("detector.detector", "Detector.score_encoded", "model maths (score_encoded)"),
     ("streams.scoring", "flagged_records", "explaining and building the flagged records"),
-    ("streams.sql_sink", "SqlSink.write", "writing them to SQLite (one transaction per batch)"),
+    ("streams.sql_sink", "SqlSink.write", "writing them to the database (one transaction a batch)"),
     ("streams.kafka", "KafkaSource.commit", "offset commit"),
     ("streams.consumer", "ConsumerLoop._account", "metrics and bookkeeping"),
     ("streams.consumer", "ConsumerLoop.process", "everything after poll (process), in all"),
@@ -271,13 +311,22 @@ def main() -> None:
         action="store_true",
         help="do not freeze the start-up heap (raw and in-process runs): what the freeze buys",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="write flagged records to PostgreSQL: a throwaway database per run on this server",
+    )
     args = parser.parse_args()
     spent = time_stages() if args.stages else None
     if args.no_freeze:
         latentwatch.service.freeze_startup_heap = lambda: None
     torch.set_num_threads(1)
     columns, values = records(args.records)
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker() as broker,
+        databases(args.postgres, Path(tmp)) as database,
+    ):
         workdir = Path(tmp)
         detector = Detector.fit(columns, SchemaOptions(id_column="id"))
         artifact.save(detector, workdir / "model")
@@ -289,7 +338,7 @@ def main() -> None:
             model=workdir / "model",
             bootstrap=broker.bootstrap,
             topics=("bench",),
-            db=f"sqlite:///{workdir / 'e2e.db'}",
+            db=database("e2e"),
             group="bench-e2e",
             metrics_port=None,
             max_records=args.max_records,
@@ -301,7 +350,10 @@ def main() -> None:
         slowest = max(r.duration_s for r in consumer.reports)
         if spent is not None:
             print(describe())
-            print(f"raw ceiling {raw:,.0f} records/s; end to end with timers {e2e:,.0f} records/s")
+            print(
+                f"raw ceiling {raw:,.0f} records/s; end to end with timers {e2e:,.0f} records/s; "
+                f"flagged records stored in {'PostgreSQL' if args.postgres else 'SQLite'}"
+            )
             print("| stage | µs per record |")
             print("|---|---|")
             for label, seconds in spent.items():
@@ -311,7 +363,7 @@ def main() -> None:
         latency_settings = replace(
             settings,
             topics=("latency",),
-            db=f"sqlite:///{workdir / 'latency.db'}",
+            db=database("latency"),
             group="bench-latency",
         )
         n_latency = int(args.rate * args.seconds)
@@ -322,15 +374,15 @@ def main() -> None:
         latencies = np.concatenate(
             [r.committed_at - r.timestamps_ms / 1000 for r in consumer.reports]
         )
-        _, rss = consumer_processes(settings, 1, args.records, workdir)
-        two_processes, _ = consumer_processes(settings, 2, args.records, workdir)
+        _, rss = consumer_processes(settings, 1, args.records, database)
+        two_processes, _ = consumer_processes(settings, 2, args.records, database)
 
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
     print(describe())
     print(
         f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
         f"kafka-python, polls of up to {args.max_records:,} records, 1 torch thread; "
-        f"{flagged:,} flagged"
+        f"{flagged:,} flagged, stored in {'PostgreSQL' if args.postgres else 'SQLite'}"
     )
     print("| measure | value |")
     print("|---|---|")
