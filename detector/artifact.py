@@ -36,7 +36,9 @@ from detector.training import TrainingConfig, TrainingSummary
 from detector.vae import VAE, VAEConfig
 
 FORMAT = "latentwatch-model"
-FORMAT_VERSION = 1
+# 2: calibrations record their tail_points (the predictive tail, detector/calibration.py);
+# format 1 models still load and keep the plain exponential tail they were calibrated with.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ARRAYS = "arrays.safetensors"
@@ -66,11 +68,12 @@ def _arrays(detector: Detector) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
-def _calibration_summary(cal: Calibration) -> dict[str, float]:
+def _calibration_summary(cal: Calibration) -> dict[str, float | int | None]:
     return {
         "tail_start": cal.tail_start,
         "tail_scale": cal.tail_scale,
         "tail_p": cal.tail_p,
+        "tail_points": cal.tail_points,
         "size": cal.size,
     }
 
@@ -218,6 +221,7 @@ def _rebuild(
     vae.load_state_dict(state, strict=True)
     vae.eval()
     cal_meta = manifest["calibration"]
+    predictive_tail = manifest["format_version"] >= 2
 
     def calibration(name: str) -> Calibration:
         meta = cal_meta[name]
@@ -226,6 +230,7 @@ def _rebuild(
             tail_start=float(meta["tail_start"]),
             tail_scale=float(meta["tail_scale"]),
             tail_p=float(meta["tail_p"]),
+            tail_points=int(meta["tail_points"]) if predictive_tail else None,
         )
 
     calibrations = Calibrations(

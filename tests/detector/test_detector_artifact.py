@@ -11,6 +11,7 @@ import pytest
 from detector_data import FAST, Split
 
 from detector import artifact
+from detector.calibration import p_values
 from detector.detector import Detector, DetectorConfig
 from detector.errors import ArtifactError
 from detector.training import TrainingConfig
@@ -59,6 +60,30 @@ def test_manifest_describes_the_model(saved: Path, numeric_detector: Detector) -
     assert manifest["mixture"]["n_components"] == numeric_detector.mixture.n_components
     assert {f["name"] for f in manifest["schema"]["fields"]} == set(numeric_detector.schema.names)
     assert set(manifest["files"]) == {"weights.safetensors", "arrays.safetensors"}
+
+
+def test_a_format_1_model_keeps_its_exponential_tail(
+    saved: Path, tmp_path: Path, cancer: Split
+) -> None:
+    # Models saved before the predictive tail had no tail_points: they load, and score with the
+    # plain exponential tail their threshold was computed with.
+    model = _copy(saved, tmp_path)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    for name in ("density", "reconstruction", "score"):
+        assert manifest["calibration"][name].pop("tail_points") >= 4
+    (model / "manifest.json").write_text(json.dumps(manifest))
+
+    old, _ = artifact.load(model)
+    new, _ = artifact.load(saved)
+    cal = old.calibrations.score
+    assert cal.tail_points is None
+    far = np.array([cal.tail_start + 5 * cal.tail_scale])
+    assert p_values(cal, far)[0] == pytest.approx(cal.tail_p * np.exp(-5.0), rel=1e-12)
+    assert p_values(new.calibrations.score, far)[0] > p_values(cal, far)[0]  # heavier tail
+    columns = cancer.columns(cancer.test)
+    scored = old.score_columns(columns, len(cancer.test))
+    assert np.array_equal(scored.flagged, scored.score > old.calibrations.threshold)
 
 
 def test_no_pickle_in_the_directory(saved: Path) -> None:
