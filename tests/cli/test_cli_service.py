@@ -12,11 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from flagged_records import make_record
 from kafka import KafkaConsumer
 
 from latentwatch.embedded import EmbeddedBroker
 from storage.database import make_engine, session_factory, upgrade
-from storage.records import FlaggedRecord
 from storage.repository import add_feedback, write_flagged
 
 
@@ -192,32 +192,6 @@ def test_bad_config_file_is_one_clear_line(
     assert message in lines[0]
 
 
-def _flagged(offset: int, scored: datetime) -> FlaggedRecord:
-    return FlaggedRecord(
-        topic="t",
-        partition=0,
-        offset=offset,
-        kafka_timestamp=offset,
-        key=None,
-        record_id=f"r{offset}",
-        event_time=scored,
-        scored_time=scored,
-        model_version="abc",
-        score=10.0,
-        severity=50.0,
-        p_value=1e-3,
-        density=5.0,
-        density_p_value=0.01,
-        reconstruction=5.0,
-        reconstruction_p_value=0.01,
-        cluster=0,
-        cluster_distance=1.0,
-        top_feature="x",
-        explanation={"features": []},
-        record={"x": offset},
-    )
-
-
 def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lw.db'}"
     proc = run("db", "upgrade", "--db", url)
@@ -229,7 +203,11 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     sessions = session_factory(engine)
     upgrade(engine)
     write_flagged(
-        sessions, [_flagged(1, now - timedelta(days=40)), _flagged(2, now), _flagged(3, now)]
+        sessions,
+        [
+            make_record(offset, event_time=scored, scored_time=scored)
+            for offset, scored in ((1, now - timedelta(days=40)), (2, now), (3, now))
+        ],
     )
     with engine.connect() as connection:
         ids = [

@@ -4,46 +4,19 @@ start-up and then at most once per interval, not with every batch."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 import pytest
+from flagged_records import make_record
 from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import make_engine, session_factory, upgrade
 from storage.models import ModelVersionRow
-from storage.records import FlaggedRecord
 from storage.repository import count_flagged, list_model_versions
 from streams.sql_sink import SqlSink
 
 VERSION = "3f9a1c2b7d10"
-T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
-
-
-def make_record(offset: int) -> FlaggedRecord:
-    return FlaggedRecord(
-        topic="payments",
-        partition=0,
-        offset=offset,
-        kafka_timestamp=1_793_000_000_000 + offset,
-        key=None,
-        record_id=None,
-        event_time=T0,
-        scored_time=T0,
-        model_version=VERSION,
-        score=17.5,
-        severity=97.0,
-        p_value=0.0004,
-        density=12.0,
-        density_p_value=0.001,
-        reconstruction=5.5,
-        reconstruction_p_value=0.02,
-        cluster=0,
-        cluster_distance=4.75,
-        top_feature="amount",
-        explanation={"features": [{"name": "amount", "actual": 9100.0, "expected": 42.0}]},
-        record={"amount": 9100.0},
-    )
 
 
 class FakeClock:
