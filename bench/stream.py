@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -41,9 +40,6 @@ import torch
 from kafka import KafkaConsumer
 from machine import describe
 from sklearn.datasets import load_breast_cancer
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
 
 import latentwatch.service
 from detector import artifact
@@ -51,7 +47,7 @@ from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
-from storage.database import upgrade
+from storage.database import throwaway_databases
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
@@ -89,25 +85,8 @@ def databases(postgres: str | None, workdir: Path) -> Iterator[Callable[[str], s
     if postgres is None:
         yield lambda name: f"sqlite:///{workdir / (name + '.db')}"
         return
-    admin = create_engine(postgres, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    created: list[str] = []
-
-    def new(name: str) -> str:
-        database = f"lw_bench_{name.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
-        created.append(database)
-        url = make_url(postgres).set(database=database).render_as_string(hide_password=False)
-        upgrade(url)
-        return url
-
-    try:
-        yield new
-    finally:
-        with admin.connect() as connection:
-            for database in created:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
-        admin.dispose()
+    with throwaway_databases(postgres) as new:
+        yield lambda name: new(f"lw_bench_{name.replace('-', '_')}")
 
 
 def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:

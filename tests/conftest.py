@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from latentwatch.embedded import EmbeddedBroker
-from storage.database import redact, upgrade
+from storage.database import redact, throwaway_databases
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -71,25 +71,8 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 def new_postgres_database(postgres_url: str) -> Iterator[Callable[[str], str]]:
     """A factory of throwaway PostgreSQL databases, migrated to the newest schema (production
     PostgreSQL is migrated by `latentwatch db upgrade`, not on start); all dropped at the end."""
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-    created: list[str] = []
-
-    def new(prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
-        return url
-
-    try:
+    with throwaway_databases(postgres_url) as new:
         yield new
-    finally:
-        with admin.connect() as connection:
-            for name in created:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
 
 
 @pytest.fixture(scope="session")
