@@ -297,6 +297,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     spent = time_stages() if args.stages else None
+    store = "PostgreSQL" if args.postgres else "SQLite"
     if args.no_freeze:
         latentwatch.service.freeze_startup_heap = lambda: None
     torch.set_num_threads(1)
@@ -331,7 +332,7 @@ def main() -> None:
             print(describe())
             print(
                 f"raw ceiling {raw:,.0f} records/s; end to end with timers {e2e:,.0f} records/s; "
-                f"flagged records stored in {'PostgreSQL' if args.postgres else 'SQLite'}"
+                f"flagged records stored in {store}"
             )
             print("| stage | µs per record |")
             print("|---|---|")
@@ -361,7 +362,7 @@ def main() -> None:
     print(
         f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
         f"kafka-python, polls of up to {args.max_records:,} records, 1 torch thread; "
-        f"{flagged:,} flagged, stored in {'PostgreSQL' if args.postgres else 'SQLite'}"
+        f"{flagged:,} flagged, stored in {store}"
     )
     print("| measure | value |")
     print("|---|---|")
