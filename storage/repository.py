@@ -123,6 +123,8 @@ def check_storable(records: Sequence[FlaggedRecord], models: Sequence[ModelVersi
             _check_text(getattr(record, name), f"{where}: {name}", record)
         for name in ("explanation", "record"):
             _check_json(getattr(record, name), f"{where}: {name}", record)
+        for name in ("event_time", "scored_time"):
+            _check_time(getattr(record, name), f"{where}: {name}", record)
     for model in models:
         if len(model.version) > _MAX_LENGTHS["model_version"]:
             raise UnstorableRecordError(f"model version {model.version[:80]!r} is too long")
@@ -138,6 +140,17 @@ def _check_text(text: str | None, what: str, record: FlaggedRecord | None = None
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise UnstorableRecordError(f"{what} is not valid Unicode ({exc.reason})", record) from exc
+
+
+def _check_time(value: datetime | None, what: str, record: FlaggedRecord) -> None:
+    if value is None:
+        return
+    try:
+        value.astimezone(UTC)  # times are stored in UTC
+    except OverflowError as exc:
+        raise UnstorableRecordError(
+            f"{what} {value.isoformat()} has no UTC equivalent (out of range)", record
+        ) from exc
 
 
 def _check_json(value: object, what: str, record: FlaggedRecord | None = None) -> None:

@@ -47,21 +47,17 @@ class TopicBatch:
 
 
 def parse_event_time(value: object) -> datetime | None:
-    """A record's own timestamp: ISO-8601 text, or epoch seconds / milliseconds."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int | float):
-        seconds = value / 1000.0 if abs(value) > _EPOCH_MS_THRESHOLD else float(value)
-        try:
+    """A record's own timestamp: ISO-8601 text, or epoch seconds / milliseconds; None when it
+    is neither or has no UTC equivalent (times are stored in UTC)."""
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = value / 1000.0 if abs(value) > _EPOCH_MS_THRESHOLD else float(value)
             return datetime.fromtimestamp(seconds, UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if isinstance(value, str):
-        try:
+        if isinstance(value, str):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (OverflowError, OSError, ValueError):
+        pass
     return None
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import doctest
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 from typing import Any
 
@@ -54,6 +54,10 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
         ({"record": {"big": 2**70}}, "record is not storable as JSON"),
         ({"topic": "t" * 256}, "topic is longer than 255 characters"),
         ({"model_version": "v" * 65}, "model_version is longer than 64 characters"),
+        (
+            {"event_time": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))},
+            "event_time 0001-01-01T00:00:00+05:00 has no UTC equivalent",
+        ),
     ],
     ids=[
         "object",
@@ -68,6 +72,7 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
         "int-beyond-64-bits",
         "long-topic",
         "long-version",
+        "time-before-year-1-in-utc",
     ],
 )
 def test_unstorable_records_are_named(

@@ -75,6 +75,8 @@ def test_schema_versions_from_header_or_field() -> None:
         (True, None),
         (None, None),
         (1e300, None),
+        ("0001-01-01T00:00:00+05:00", None),  # no UTC equivalent: the record keeps no time
+        ("9999-12-31T23:00:00-05:00", None),
     ],
 )
 def test_event_times(value: object, expected: datetime | None) -> None:
