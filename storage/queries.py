@@ -212,7 +212,7 @@ def decode_cursor(cursor: str, flt: FlaggedFilter, order: Ordering) -> tuple[Any
             "and desc of the query that returned it, or leave cursor out to start again"
         )
     try:
-        if not isinstance(last_id, int) or isinstance(last_id, bool):
+        if not isinstance(last_id, int) or isinstance(last_id, bool) or not 0 <= last_id < 2**63:
             raise ValueError("bad id")
         if order.sort == "score":
             if not isinstance(key, int | float) or isinstance(key, bool) or math.isnan(key):
@@ -222,6 +222,7 @@ def decode_cursor(cursor: str, flt: FlaggedFilter, order: Ordering) -> tuple[Any
             key = datetime.fromisoformat(key)
             if key.utcoffset() is None:
                 raise ValueError("naive time")
+            key = key.astimezone(UTC)  # OverflowError near year 1 or 9999
     except (ValueError, TypeError, OverflowError):
         raise CursorError(_NOT_ISSUED) from None
     return key, last_id
@@ -414,9 +415,16 @@ def flagged_stats(
     grouped = select(index, func.count()).where(*conditions).group_by(index)
     counts = {index: count for index, count in session.execute(grouped)}
     step = timedelta(seconds=bucket_seconds)
-    buckets = tuple(
-        Bucket(EPOCH + i * step, int(counts.get(i, 0))) for i in range(first_index, last_index + 1)
-    )
+    try:  # buckets are aligned to the epoch: the first may start before year 1
+        buckets = tuple(
+            Bucket(EPOCH + i * step, int(counts.get(i, 0)))
+            for i in range(first_index, last_index + 1)
+        )
+    except OverflowError:
+        raise QueryError(
+            f"buckets of {bucket_seconds}s aligned to 1970-01-01 would start before year 1 "
+            f"for {first.isoformat()}: choose a later start or a smaller bucket"
+        ) from None
     return Stats(bucket_seconds, total, buckets, topic_counts)
 
 

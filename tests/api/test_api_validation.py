@@ -4,6 +4,8 @@ run on both engines."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.app import create_app
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
+from storage.queries import FlaggedFilter, Ordering, _fingerprint
 from storage.repository import write_flagged
 
 LIST = "/api/flagged"
@@ -53,6 +56,12 @@ BAD_QUERIES: list[tuple[str, dict[str, Any], str, str]] = [
     ("/api/stats", {"bucket": "-5m"}, "bucket", "whole number"),
     ("/api/stats", {"bucket": "400d"}, "bucket", "from 1s to 366d"),
     ("/api/stats", {"bucket": "1h", "start": "soon"}, "start", "not an ISO-8601 time"),
+    (
+        "/api/stats",
+        {"bucket": "7d", "start": "0001-01-02T00:00:00Z", "end": "0001-01-09T00:00:00Z"},
+        "bucket",
+        "would start before year 1",
+    ),
     ("/api/evaluate", {"model_version": "v" * 65}, "model_version", "at most 64"),
     ("/api/models/" + "v" * 65, {}, "version", "at most 64"),
 ]
@@ -126,6 +135,40 @@ def test_cursor_from_another_query_is_refused(
         assert_422(client.get(LIST, params={**other, "cursor": cursor}), "cursor", "other filters")
     tampered = cursor[:-3] + ("AAA" if not cursor.endswith("AAA") else "BBB")
     assert client.get(LIST, params={"cursor": tampered, "topic": "payments"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("key", "last_id"),
+    [
+        ("2026-11-01T00:00:00Z", 2**63),  # beyond any database's integer
+        ("2026-11-01T00:00:00Z", -1),
+        ("0001-01-01T00:00:00+05:00", 1),  # no UTC equivalent
+        ("9999-12-31T23:00:00-05:00", 1),
+        ("2026-11-01T00:00:00", 1),  # naive
+        (1.5, 1),  # a score where a time belongs
+    ],
+)
+def test_a_hand_made_cursor_with_the_right_fingerprint_is_422(
+    client: TestClient, key: object, last_id: int
+) -> None:
+    """Cursors are not secret: one built by hand for the same query passes the fingerprint
+    check, so its key and id are checked too, before they reach the database."""
+    fingerprint = _fingerprint(FlaggedFilter(), Ordering())
+    text = json.dumps([1, fingerprint, key, last_id])
+    cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    assert_422(client.get(LIST, params={"cursor": cursor}), "cursor", "not one this API")
+
+
+def test_a_hand_made_cursor_inside_the_ranges_pages_like_an_issued_one(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    seed(sessions, 3)
+    fingerprint = _fingerprint(FlaggedFilter(), Ordering())
+    text = json.dumps([1, fingerprint, "9999-12-31T00:00:00+00:00", 2**63 - 1])
+    cursor = base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+    response = client.get(LIST, params={"cursor": cursor, "limit": 10})
+    assert response.status_code == 200, response.text
+    assert response.json()["count"] == 3  # everything is older than year 9999
 
 
 def test_too_many_buckets_is_422_naming_the_remedy(
