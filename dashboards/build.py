@@ -91,6 +91,7 @@ PANEL_QUERIES: dict[str, str] = {
     "db_write_errors": f"sum(increase(latentwatch_db_write_errors_total[{RATE}]))",
     "db_write_retries": f"sum(increase(latentwatch_db_write_retries_total[{RATE}]))",
     "commit_failures": f"sum(increase(latentwatch_commit_failures_total[{RATE}]))",
+    "poll_errors": f"sum(increase(latentwatch_poll_errors_total[{RATE}]))",
     "deadletter_errors": f"sum(increase(latentwatch_deadletter_errors_total[{RATE}]))",
     "rebalances": f"sum(increase(latentwatch_rebalances_total[{RATE}]))",
 }
@@ -401,8 +402,9 @@ def consumer_row() -> Section:
         .with_panel(
             _timeseries(
                 44,
-                "Commit failures, dead-letter errors, rebalances",
+                "Poll errors, commit failures, dead-letter errors, rebalances",
                 "short",
+                ("poll_errors", "poll errors"),
                 ("commit_failures", "commit failures"),
                 ("deadletter_errors", "dead-letter errors"),
                 ("rebalances", "rebalances"),

@@ -267,13 +267,26 @@ ConfigOption = Annotated[
 
 
 def _kafka_options(values: list[str] | None) -> dict[str, object]:
-    """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}."""
+    """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}; several
+    may share one value separated by commas (`a=1,b=2`), and a comma not followed by a new
+    `name=` stays in the value (`ssl_ciphers=A,B`). Each client gets the settings it knows,
+    typed by kafka-python's defaults (streams.kafka.options_for); unknown names fail here."""
+    from streams.kafka import check_options
+
+    items: list[str] = []
+    for value in values or ():
+        for piece in value.split(","):
+            if items and "=" not in piece:
+                items[-1] += "," + piece
+            elif piece:
+                items.append(piece)
     options: dict[str, object] = {}
-    for item in _split(values):
+    for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name:
+        if not sep or not name.strip():
             fail(f"--kafka-option expects name=value, got {item!r}")
-        options[name.strip()] = int(value) if value.strip().isdigit() else value.strip()
+        options[name.strip()] = value.strip()
+    check_options(options)
     return options
 
 

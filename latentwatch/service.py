@@ -17,13 +17,21 @@ from types import TracebackType
 from typing import Any
 
 import torch
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from storage.database import ensure_schema, make_engine, redact, session_factory
 from streams.consumer import BatchReport, ConsumerLoop, LoopSettings, RunTotals, Unavailable
-from streams.kafka import DeadLetterProducer, KafkaSettings, KafkaSource, connect, make_producer
+from streams.kafka import (
+    DeadLetterProducer,
+    KafkaSettings,
+    KafkaSource,
+    connect,
+    ensure_topics,
+    make_producer,
+)
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
 from streams.retry import Stopped, retry_with_backoff
@@ -130,6 +138,7 @@ def run_consumer(
             if not source.connected or producer is None:
                 return RunTotals()
             dead_letters = DeadLetterProducer(producer, settings.deadletter_topic)
+            _create_deadletter_topics(settings, dead_letters)
             loop_settings = LoopSettings(
                 poll_timeout_s=settings.poll_timeout_s,
                 max_records=settings.max_records,
@@ -177,6 +186,26 @@ def run_consumer(
         if server is not None:
             server.close()
         engine.dispose()
+
+
+def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLetterProducer) -> None:
+    """Create missing dead-letter topics up front (broker defaults for partitions and
+    replicas): with automatic topic creation off, as on most production clusters, the first
+    rejected record would otherwise hold the stream until an operator creates the topic."""
+    topics = sorted({dead_letters.topic_for(t) for t in settings.topics})
+    try:
+        created = ensure_topics(settings.bootstrap, topics, extra=settings.kafka_options)
+    except KafkaError as exc:
+        log.warning(
+            "could not check or create the dead-letter topic(s) %s (%s: %s): create them, or "
+            "rejected records will wait, uncommitted, until they can be published",
+            ", ".join(topics),
+            type(exc).__name__,
+            exc,
+        )
+        return
+    if created:
+        log.info("created dead-letter topic(s) %s", ", ".join(created))
 
 
 def freeze_startup_heap() -> None:

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Protocol, TypeVar
 
 import numpy as np
-import orjson
 
 from detector.detector import Detector
 from storage.records import FlaggedRecord
@@ -30,7 +29,6 @@ from streams.messages import (
     UNSTORABLE,
     DecodePolicy,
     Message,
-    PlainMessage,
     Rejection,
     timestamp_ms,
 )
@@ -143,12 +141,19 @@ class ConsumerLoop:
 
     def run(self, stop: threading.Event) -> RunTotals:
         while not stop.is_set():
-            messages = self.source.poll(self.settings.poll_timeout_s, self.settings.max_records)
-            if not messages:
-                self.metrics.idle(self.clock())
-                self._publish_lag()
-                continue
             try:
+                messages = self._retry(
+                    lambda: self.source.poll(
+                        self.settings.poll_timeout_s, self.settings.max_records
+                    ),
+                    "polling Kafka",
+                    stop,
+                    on_error=self.metrics.poll_error,
+                )
+                if not messages:
+                    self.metrics.idle(self.clock())
+                    self._publish_lag()
+                    continue
                 self.process(messages, stop)
             except Stopped as exc:
                 log.warning(
@@ -168,7 +173,7 @@ class ConsumerLoop:
         flagged = [r for b in batches for r in b.flagged]
         rejected = [r for b in batches for r in b.rejections]
 
-        stored, unstorable = self._store(flagged, stop)
+        stored, unstorable = self._store(flagged, messages, stop)
         rejected += unstorable
         if rejected:
             self._retry(
@@ -209,9 +214,10 @@ class ConsumerLoop:
         )
 
     def _store(
-        self, flagged: list[FlaggedRecord], stop: threading.Event
+        self, flagged: list[FlaggedRecord], messages: Sequence[Message], stop: threading.Event
     ) -> tuple[int, list[Rejection]]:
-        """Write flagged records; records no database accepts become rejections."""
+        """Write flagged records; records no database accepts become rejections of their
+        original messages."""
         pending = list(flagged)
         unstorable: list[Rejection] = []
         while True:
@@ -226,22 +232,11 @@ class ConsumerLoop:
                 )
             except UnstorableRecord as exc:
                 pending = [r for r in pending if r is not exc.record]
-                unstorable.append(self._rejection_for(exc.record, exc.detail))
+                position = (exc.record.topic, exc.record.partition, exc.record.offset)
+                original = next(m for m in messages if (m.topic, m.partition, m.offset) == position)
+                unstorable.append(Rejection(original, UNSTORABLE, exc.detail))
             else:
                 return stored, unstorable
-
-    @staticmethod
-    def _rejection_for(record: FlaggedRecord, detail: str) -> Rejection:
-        # The dead letter carries what we have: the original record re-encoded as JSON.
-        message = PlainMessage(
-            record.topic,
-            record.partition,
-            record.offset,
-            record.kafka_timestamp,
-            record.key.encode() if record.key is not None else None,
-            orjson.dumps(record.record, option=orjson.OPT_NON_STR_KEYS),
-        )
-        return Rejection(message, UNSTORABLE, detail)
 
     def _account(
         self,

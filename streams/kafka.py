@@ -25,6 +25,7 @@ from kafka.errors import (
     CommitFailedError,
     KafkaConfigurationError,
     KafkaError,
+    MessageSizeTooLargeError,
     TopicAlreadyExistsError,
 )
 from kafka.structs import OffsetAndMetadata
@@ -45,6 +46,57 @@ class KafkaSettingsError(LatentwatchError):
     """The Kafka client settings are invalid; retrying cannot help."""
 
 
+_CLIENTS: tuple[type[Any], ...] = (KafkaConsumer, KafkaProducer, KafkaAdminClient)
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+
+
+def check_options(extra: Mapping[str, Any]) -> None:
+    """Refuse a setting that no kafka-python client knows (a typo would otherwise be ignored
+    by the clients it does not concern) or whose text does not fit the setting's type."""
+    known = set().union(*(c.DEFAULT_CONFIG for c in _CLIENTS))
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise KafkaSettingsError(
+            f"unknown Kafka setting(s) {', '.join(unknown)}: use kafka-python's names, "
+            "e.g. security_protocol, sasl_mechanism, max_poll_interval_ms"
+        )
+    for client in _CLIENTS:
+        options_for(client, extra)
+
+
+def options_for(client: type[Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of ``extra`` that this kafka-python client takes (consumer-only ones are
+    not given to the producer, and so on), text converted to the type of the client's default:
+    ``"false"`` becomes False for a flag, ``"300000"`` an int for a number, and a password
+    stays text."""
+    defaults: Mapping[str, Any] = client.DEFAULT_CONFIG
+    return {
+        name: _typed(name, value, defaults[name])
+        for name, value in extra.items()
+        if name in defaults
+    }
+
+
+def _typed(name: str, value: Any, default: Any) -> Any:
+    if not isinstance(value, str):  # from a TOML config file: already typed
+        return value
+    text = value.strip()
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in _TRUE | _FALSE:
+                raise ValueError("expected true or false")
+            return text.lower() in _TRUE
+        if isinstance(default, int):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+    except ValueError as exc:
+        raise KafkaSettingsError(f"Kafka setting {name}={value!r}: {exc}") from None
+    if isinstance(default, list | tuple):
+        return [item.strip() for item in text.split(",")]
+    return text
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
     bootstrap: str
@@ -54,7 +106,8 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 50
     auto_offset_reset: str = "earliest"
     client_id: str = "latentwatch"
-    # Passed to every kafka-python client as is: security_protocol, sasl_*, ssl_* ...
+    # kafka-python settings (security_protocol, sasl_*, ssl_*, max_poll_interval_ms ...); each
+    # client gets the ones it knows (options_for)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -72,7 +125,7 @@ def _consumer_config(s: KafkaSettings) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 1000,
         "bootstrap_timeout_ms": 5000,
         "metrics_enabled": False,
-        **s.extra,
+        **options_for(KafkaConsumer, s.extra),
     }
 
 
@@ -143,7 +196,10 @@ class KafkaSource:
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
         """kafka-python's ConsumerRecords, which are Messages as they come."""
         assert self._consumer is not None
-        polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        try:
+            polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as exc:  # e.g. not authorised on a topic, a corrupt record
+            raise Unavailable(f"polling Kafka: {type(exc).__name__}: {exc}") from exc
         return list(chain.from_iterable(polled.values()))
 
     def commit(self, offsets: Offsets) -> bool:
@@ -200,7 +256,7 @@ def make_producer(
         "batch_size": 262_144,
         "reconnect_backoff_max_ms": 1000,
         "bootstrap_timeout_ms": 5000,
-        **(extra or {}),
+        **options_for(KafkaProducer, extra or {}),
         **overrides,
     }
     return KafkaProducer(**config)
@@ -210,9 +266,22 @@ def _text(value: object) -> bytes:
     return str(value).encode("utf-8", "replace")
 
 
+# Room left in a dead letter for the record batch's own overhead besides key, value, headers.
+_RECORD_OVERHEAD_BYTES = 1024
+# What is kept of a value the broker refuses even though the producer's limit allowed it (the
+# broker's or the topic's max.message.bytes is smaller).
+_FALLBACK_VALUE_BYTES = 64 * 1024
+
+
 class DeadLetterProducer:
     """Publishes rejected messages: original key and bytes, the reason and source position in
-    headers. ``send`` returns only when the broker acknowledged every one."""
+    headers. ``send`` returns only when the broker acknowledged every one.
+
+    A dead letter must always be deliverable, or the stream would stop behind it: a value too
+    large to publish (an oversized message) is cut to fit, with its original size in the
+    ``latentwatch-truncated-from`` header (the whole message stays in the source topic, at the
+    position the headers give), and a message with neither key nor value is sent with an
+    empty value."""
 
     def __init__(
         self, producer: KafkaProducer, topic: str | None = None, timeout_s: float = 10.0
@@ -220,34 +289,44 @@ class DeadLetterProducer:
         self._producer = producer
         self._topic = topic
         self._timeout_s = timeout_s
+        self._max_request_bytes = int(producer.config["max_request_size"])
 
     def topic_for(self, source_topic: str) -> str:
         return self._topic or source_topic + DEADLETTER_SUFFIX
 
     def send(self, rejections: Sequence[Rejection]) -> None:
-        futures = []
         try:
-            for r in rejections:
-                m = r.message
-                headers = [
-                    *((k, v) for k, v in m.headers or () if v is not None),
-                    ("latentwatch-reason", _text(r.reason)),
-                    ("latentwatch-detail", _text(r.detail[:1000])),
-                    ("latentwatch-source-topic", _text(m.topic)),
-                    ("latentwatch-source-partition", _text(m.partition)),
-                    ("latentwatch-source-offset", _text(m.offset)),
-                    ("latentwatch-source-timestamp", _text(timestamp_ms(m))),
-                ]
-                futures.append(
-                    self._producer.send(
-                        self.topic_for(m.topic), value=m.value, key=m.key, headers=headers
-                    )
-                )
+            pending = [(r, self._publish(r, None)) for r in rejections]
             self._producer.flush(timeout=self._timeout_s)
-            for future in futures:
-                future.get(timeout=self._timeout_s)
+            for rejection, future in pending:
+                try:
+                    future.get(timeout=self._timeout_s)
+                except MessageSizeTooLargeError:  # the broker's limit is below the producer's
+                    self._publish(rejection, _FALLBACK_VALUE_BYTES).get(timeout=self._timeout_s)
         except (KafkaError, OSError) as exc:
             raise Unavailable(f"dead-letter topic: {type(exc).__name__}: {exc}") from exc
+
+    def _publish(self, r: Rejection, max_value_bytes: int | None) -> Any:
+        m = r.message
+        headers = [
+            *((k, v) for k, v in m.headers or () if v is not None),
+            ("latentwatch-reason", _text(r.reason)),
+            ("latentwatch-detail", _text(r.detail[:1000])),
+            ("latentwatch-source-topic", _text(m.topic)),
+            ("latentwatch-source-partition", _text(m.partition)),
+            ("latentwatch-source-offset", _text(m.offset)),
+            ("latentwatch-source-timestamp", _text(timestamp_ms(m))),
+        ]
+        key, value = m.key, m.value
+        if max_value_bytes is None:
+            used = sum(len(k) + len(v) for k, v in headers) + len(key or b"")
+            max_value_bytes = max(self._max_request_bytes - _RECORD_OVERHEAD_BYTES - used, 0)
+        if value is not None and len(value) > max_value_bytes:
+            headers.append(("latentwatch-truncated-from", _text(len(value))))
+            value = value[:max_value_bytes]
+        if key is None and value is None:  # kafka-python sends no record without either
+            value = b""
+        return self._producer.send(self.topic_for(m.topic), value=value, key=key, headers=headers)
 
     def close(self) -> None:
         self._producer.close(timeout=5)
@@ -256,17 +335,21 @@ class DeadLetterProducer:
 def ensure_topics(
     bootstrap: str,
     topics: Sequence[str],
-    partitions: int = 1,
+    partitions: int | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
+    """Create the topics that do not exist yet, with ``partitions`` (None: the broker's
+    default) and the broker's default replication factor; return the ones created."""
     admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap.split(","), client_id="latentwatch", **(extra or {})
+        bootstrap_servers=bootstrap.split(","),
+        client_id="latentwatch",
+        **options_for(KafkaAdminClient, extra or {}),
     )
     created: list[str] = []
     try:
         existing = set(admin.list_topics())
-        new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        count = -1 if partitions is None else partitions  # -1: the broker's default
+        new = [NewTopic(t, count, -1) for t in topics if t not in existing]
         for topic in new:
             try:
                 admin.create_topics([topic])

@@ -195,6 +195,9 @@ class StreamMetrics:
             "db_write_errors", "Failed database writes of a batch of flagged records."
         )
         self._db_write_retries = counter("db_write_retries", "Retries of a batch's database write.")
+        self._poll_errors = counter(
+            "poll_errors", "Polls of Kafka that failed (retried with backoff, nothing skipped)."
+        )
         self._commit_failures = counter(
             "commit_failures", "Kafka offset commits that failed (the batch is redelivered)."
         )
@@ -387,6 +390,9 @@ class StreamMetrics:
 
     def deadletter_error(self) -> None:
         self._deadletter_errors.inc()
+
+    def poll_error(self) -> None:
+        self._poll_errors.inc()
 
     def commit_failure(self) -> None:
         self._commit_failures.inc()

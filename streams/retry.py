@@ -35,10 +35,12 @@ def retry_with_backoff(
     doubling to ``max_s``). Raises :class:`Stopped` if ``stop`` is set while waiting; any other
     exception propagates at once."""
     delay = initial_s
+    failures = 0
     while True:
         try:
-            return action()
+            result = action()
         except retry_on as exc:
+            failures += 1
             on_error()
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("%s failed (%s); retrying in %.1f s", what, reason, delay)
@@ -46,3 +48,7 @@ def retry_with_backoff(
                 raise Stopped(what) from exc
             on_retry()
             delay = min(delay * 2, max_s)
+        else:
+            if failures:
+                log.info("%s succeeded after %d failed attempts", what, failures)
+            return result

@@ -108,6 +108,29 @@ def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
     )
 
 
+def test_an_unknown_kafka_setting_is_one_clear_line(tmp_path: Path) -> None:
+    proc = run(
+        "consume",
+        "--model",
+        tmp_path / "nope",
+        "--bootstrap",
+        "127.0.0.1:1",
+        "--topic",
+        "t",
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "--kafka-option",
+        "ssl_ciphers=A,B,max_poll_intervall_ms=9",
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("latentwatch: error: unknown Kafka setting(s) max_poll_intervall_ms:")
+    )
+
+
 def test_consume_settings_come_from_the_environment(tmp_path: Path) -> None:
     env = {
         "PATH": "/usr/bin:/bin",

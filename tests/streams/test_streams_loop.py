@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import orjson
 import pytest
@@ -248,7 +249,8 @@ def test_dead_letter_outage_is_retried_before_the_commit(model: Model) -> None:
 def test_a_record_no_database_accepts_goes_to_dead_letters(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
     anomalous = model.anomalous[:10]
-    source = FakeSource([messages(encoded(anomalous))], journal, stop)
+    batch = messages(encoded(anomalous))
+    source = FakeSource([batch], journal, stop)
     flagged_ids = [
         r["id"]
         for r, f in zip(anomalous, model.detector.score_records(anomalous).flagged, strict=True)
@@ -263,10 +265,36 @@ def test_a_record_no_database_accepts_goes_to_dead_letters(model: Model) -> None
     assert [(r.reason, orjson.loads(r.message.value or b"")["id"]) for r in dead.sent] == [
         ("unstorable", victim)
     ]
+    # the dead letter is the original message (its bytes, key and headers), not a re-encoding
+    assert dead.sent[0].message is batch[[str(r["id"]) for r in anomalous].index(victim)]
     assert journal[-1] == "commit"
     assert (
         value(registry, "latentwatch_records_rejected_total", topic="t", reason="unstorable") == 1
     )
+
+
+class FlakySource(FakeSource):
+    """Polls fail (as kafka-python's do, e.g. while not authorised) a few times first."""
+
+    def __init__(self, failures: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failures = failures
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        if self.failures:
+            self.failures -= 1
+            raise Unavailable("polling Kafka: TopicAuthorizationFailedError")
+        return super().poll(timeout_s, max_records)
+
+
+def test_failed_polls_are_retried_and_counted(model: Model) -> None:
+    journal, stop = Journal(), threading.Event()
+    source = FlakySource(3, [messages(encoded(model.normal[:5]))], journal, stop)
+    loop, registry = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
+    totals = loop.run(stop)
+    assert totals.consumed == 5
+    assert source.committed == [{("t", 0): 5}]
+    assert value(registry, "latentwatch_poll_errors_total") == 3
 
 
 def test_a_refused_commit_is_counted_and_the_loop_goes_on(model: Model) -> None:
