@@ -242,6 +242,7 @@ def test_alerts_carry_severity_and_runbook_annotations() -> None:
         "LatentwatchNoRecords",
         "LatentwatchRejectRateHigh",
         "LatentwatchDatabaseWriteFailures",
+        "LatentwatchKafkaErrors",
         "LatentwatchTargetDown",
     }
     for name, rule in alerts.items():
