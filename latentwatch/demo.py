@@ -197,7 +197,12 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "latentwatch.db"
-    db_path.unlink(missing_ok=True)
+    for stale in (
+        db_path,
+        db_path.with_name(db_path.name + "-wal"),
+        db_path.with_name(db_path.name + "-shm"),
+    ):
+        stale.unlink(missing_ok=True)  # a killed run's write-ahead log must not meet a new file
     db_url = f"sqlite:///{db_path}"
     data = demo_data(options)
     messages: list[dict[str, Any] | bytes] = [*data.stream, *MALFORMED]

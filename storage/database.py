@@ -51,9 +51,26 @@ def make_engine(url: str) -> Engine:
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
+    connect_args = {k: v for k, v in _POSTGRES_CONNECT.items() if k not in parsed.query}
     return create_engine(
-        parsed, pool_pre_ping=True, json_serializer=_write_json, json_deserializer=orjson.loads
+        parsed,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        json_serializer=_write_json,
+        json_deserializer=orjson.loads,
     )
+
+
+# libpq settings (a URL's own ?name=value wins): a server that stops answering, or a network
+# path that drops packets, fails a connection attempt or an idle connection within seconds, so
+# the consumer logs it and retries, instead of hanging in a write that no signal can end.
+_POSTGRES_CONNECT: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

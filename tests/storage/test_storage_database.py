@@ -164,6 +164,23 @@ def test_make_engine_sets_up_sqlite_files(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.postgres
+def test_postgresql_connections_time_out_and_keep_alive(postgres_url: str) -> None:
+    """A server or network path that stops answering fails within seconds (then the consumer
+    retries) instead of hanging a write; the URL's own settings win."""
+    engine = make_engine(postgres_url + "?connect_timeout=5")
+    try:
+        with engine.connect() as connection:
+            dbapi = connection.connection.dbapi_connection
+            assert dbapi is not None
+            parameters = dbapi.info.get_parameters()
+    finally:
+        engine.dispose()
+    assert parameters["connect_timeout"] == "5"
+    assert parameters["keepalives"] == "1"
+    assert parameters["keepalives_idle"] == "30"
+
+
 def test_sqlite_ddl_is_transactional(tmp_path: Path) -> None:
     # The sqlite3 module would autocommit CREATE TABLE; a failed migration must leave nothing.
     engine = make_engine(f"sqlite:///{tmp_path / 'ddl.db'}")
