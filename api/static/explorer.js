@@ -10,6 +10,7 @@ const TOKEN_KEY = "latentwatch.token";
 const $ = (id) => document.getElementById(id);
 
 const state = {
+  filters: new URLSearchParams(), // the applied filters: edits count once submitted
   cursors: [null], // cursor of each page visited; cursors[i] opens page i
   page: 0,
   next: null,
@@ -80,7 +81,7 @@ function filterParams() {
 }
 
 async function loadPage() {
-  const params = filterParams();
+  const params = new URLSearchParams(state.filters); // a cursor belongs to its query
   params.set("limit", PAGE_SIZE);
   const cursor = state.cursors[state.page];
   if (cursor) params.set("cursor", cursor);
@@ -294,7 +295,7 @@ async function loadOptions() {
 }
 
 async function exportRows(format) {
-  const params = filterParams();
+  const params = new URLSearchParams(state.filters);
   params.set("format", format);
   setStatus(`Exporting ${format.toUpperCase()}…`);
   const response = await api(`/api/flagged?${params}`);
@@ -306,6 +307,7 @@ async function exportRows(format) {
 }
 
 function restart() {
+  state.filters = filterParams();
   state.cursors = [null];
   state.page = 0;
   return loadPage();

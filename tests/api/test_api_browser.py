@@ -139,6 +139,29 @@ def test_explorer_filters_explains_maps_and_takes_feedback(
     assert errors == []
 
 
+def test_paging_keeps_the_applied_filters_until_new_ones_are_submitted(
+    browser: Browser, sessions: sessionmaker[Session]
+) -> None:
+    """A cursor belongs to its query: a filter typed but not yet applied must not be sent with
+    the cursor of the applied one (the API would answer 422)."""
+    with serve(sessions) as server:
+        page, errors = open_page(browser, f"{server.url}/")
+        page.wait_for_selector("#records tbody tr")
+        page.fill("input[name=topic]", "payments")  # typed, not submitted
+        page.click("#next-page")
+        page.wait_for_function("() => document.getElementById('page-info').textContent === '26–50'")
+        assert "error" not in (page.locator("#status").get_attribute("class") or "")
+        topics = set(page.locator("#records tbody tr td:nth-child(2)").all_inner_texts())
+        assert len(topics) > 1  # still the unfiltered query's second page
+        page.click("#filters button[type=submit]")
+        page.wait_for_function("() => document.getElementById('page-info').textContent === '1–25'")
+        assert set(page.locator("#records tbody tr td:nth-child(2)").all_inner_texts()) == {
+            "payments"
+        }
+        page.close()
+    assert errors == []
+
+
 def test_explorer_asks_for_the_token_and_sends_it(
     browser: Browser, sessions: sessionmaker[Session]
 ) -> None:
