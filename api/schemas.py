@@ -110,25 +110,36 @@ class FeedbackIn(BaseModel):
         return note
 
 
+_CONSUMED = (
+    "Records the consumers consumed (scored) in this range, from their per-minute counts; null "
+    "when those counts cannot answer the query (buckets under a minute, time_field=event)."
+)
+_SHARE = "count / scored: the share of scored records that were flagged and match the filters."
+
+
 class BucketOut(_Out):
     start: datetime
-    count: int
+    count: int = Field(description="Matching flagged records.")
+    consumed: int | None = Field(description=_CONSUMED)
+    scored: int | None = Field(description=_CONSUMED)
+    flagged_share: float | None = Field(description=_SHARE)
 
 
 class TopicCountOut(_Out):
     topic: str
-    count: int
+    count: int = Field(description="Matching flagged records.")
     share_of_flagged: float = Field(description="This topic's part of the counted records.")
+    consumed: int | None = Field(description=_CONSUMED)
+    scored: int | None = Field(description=_CONSUMED)
+    flagged_share: float | None = Field(description=_SHARE)
 
 
 class StatsOut(_Out):
     bucket_seconds: int
     total: int
     buckets: list[BucketOut] = Field(description="Consecutive buckets, empty ones included.")
-    topics: list[TopicCountOut] = Field(description="Most flagged first.")
-    note: str = Field(
-        "Counts of flagged records only. The flagged share of consumed records is in "
-        "Prometheus: latentwatch_records_flagged_total / latentwatch_records_consumed_total.",
+    topics: list[TopicCountOut] = Field(
+        description="Most flagged first, then topics that were consumed with nothing flagged."
     )
 
 

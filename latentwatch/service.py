@@ -23,7 +23,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from storage.database import ensure_schema, make_engine, redact, session_factory
-from streams.consumer import BatchReport, ConsumerLoop, LoopSettings, RunTotals, Unavailable
+from streams.consumer import (
+    BatchReport,
+    ConsumerLoop,
+    LoopSettings,
+    RunTotals,
+    Unavailable,
+    UnstorableRecord,
+)
 from streams.kafka import (
     DeadLetterProducer,
     KafkaSettings,
@@ -167,6 +174,10 @@ def run_consumer(
             freeze_startup_heap()
             started = time.monotonic()
             totals = loop.run(stop)
+            try:
+                sink.flush()
+            except (Unavailable, UnstorableRecord) as exc:
+                log.warning("stream counts of the last seconds not written: %s", exc)
             log.info(
                 "stopped after %.1f s: %d consumed, %d flagged, %d rejected",
                 time.monotonic() - started,

@@ -1,4 +1,4 @@
-"""Typed ORM models of the three tables. The schema itself is created by the Alembic migrations
+"""Typed ORM models of the four tables. The schema itself is created by the Alembic migrations
 in ``storage/migrations``; a test checks that these models and the migrations agree.
 
 Index choice follows the queries users run (see docs/storage.md): newest-first keyset pages
@@ -168,3 +168,20 @@ class FeedbackRow(Base):
         # Latest feedback per record, and the cascade delete (PostgreSQL does not index FKs).
         Index("ix_feedback_flagged_id_created_at", "flagged_id", "created_at"),
     )
+
+
+class StreamCountRow(Base):
+    """Records consumed, scored, flagged and rejected per topic and minute (of scoring time),
+    summed over the consumers that wrote them: the denominator of the flagged share."""
+
+    __tablename__ = "stream_counts"
+
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    consumed: Mapped[int] = mapped_column(BigInteger)
+    scored: Mapped[int] = mapped_column(BigInteger)
+    flagged: Mapped[int] = mapped_column(BigInteger)
+    rejected: Mapped[int] = mapped_column(BigInteger)
+
+    # Time ranges over every topic (the primary key serves one topic's range), and prune.
+    __table_args__ = (Index("ix_stream_counts_minute", "minute"),)

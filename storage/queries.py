@@ -35,7 +35,13 @@ from sqlalchemy import (
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
 from detector.errors import LatentwatchError
-from storage.models import FeedbackLabel, FeedbackRow, FlaggedRecordRow, ModelVersionRow
+from storage.models import (
+    FeedbackLabel,
+    FeedbackRow,
+    FlaggedRecordRow,
+    ModelVersionRow,
+    StreamCountRow,
+)
 
 TimeField = Literal["scored", "event"]
 SortKey = Literal["time", "score"]
@@ -323,7 +329,16 @@ _BUCKET_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 @dataclass(frozen=True)
 class Bucket:
     start: datetime  # the bucket is [start, start + bucket_seconds)
-    count: int
+    count: int  # matching flagged records
+    # Records consumed and scored in the bucket (stream_counts), None where those counts cannot
+    # answer the query: buckets of less than a minute, or times that are event times.
+    consumed: int | None = None
+    scored: int | None = None
+
+    @property
+    def flagged_share(self) -> float | None:
+        """Matching flagged records per scored record."""
+        return self.count / self.scored if self.scored else None
 
 
 @dataclass(frozen=True)
@@ -331,17 +346,23 @@ class TopicCount:
     topic: str
     count: int
     share_of_flagged: float  # this topic's part of the matching flagged records, 0..1
+    consumed: int | None = None
+    scored: int | None = None
+
+    @property
+    def flagged_share(self) -> float | None:
+        return self.count / self.scored if self.scored else None
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Flagged counts; the share of *consumed* records that were flagged is not here: the
-    database sees only flagged records (see latentwatch_records_consumed_total)."""
+    """Flagged counts, and beside them how many records the consumers consumed and scored (per
+    minute, from ``stream_counts``), so that the flagged share can be charted from SQL."""
 
     bucket_seconds: int
     total: int
     buckets: tuple[Bucket, ...]  # consecutive, empty buckets included
-    topics: tuple[TopicCount, ...]  # most flagged first
+    topics: tuple[TopicCount, ...]  # most flagged first, then topics with nothing flagged
 
 
 def parse_bucket(text: str) -> int:
@@ -383,27 +404,32 @@ def _sql_bucket_index(
 def flagged_stats(
     session: Session, flt: FlaggedFilter, bucket_seconds: int, *, max_buckets: int
 ) -> Stats:
-    """Counts of matching records per time bucket (on the filter's time field) and per topic.
-    The range is [start, end) where given, else that of the matching records; a range of more
-    than ``max_buckets`` buckets raises :class:`QueryError`."""
+    """Counts of matching records per time bucket (on the filter's time field) and per topic,
+    with the records consumed and scored where the per-minute stream counts can tell (scored
+    time; buckets of whole minutes). The range is [start, end) where given, else that of the
+    matching records and counts; a range of more than ``max_buckets`` buckets raises
+    :class:`QueryError`."""
     column = _time_column(flt)
     conditions = _conditions(flt)
+    counted = _counts_conditions(flt)
     first, last = flt.start, flt.end - timedelta(microseconds=1) if flt.end else None
     if first is None or last is None:
         low, high = session.execute(
             select(func.min(column), func.max(column)).where(*conditions)
         ).one()
+        if counted is not None:
+            minute = StreamCountRow.minute
+            c_low, c_high = session.execute(
+                select(func.min(minute), func.max(minute)).where(*counted)
+            ).one()
+            low = min((t for t in (low, c_low) if t is not None), default=None)
+            c_high = c_high and c_high + timedelta(seconds=59)
+            high = max((t for t in (high, c_high) if t is not None), default=None)
         first, last = first or low, last or high
-    topics = session.execute(
-        select(FlaggedRecordRow.topic, func.count())
-        .where(*conditions)
-        .group_by(FlaggedRecordRow.topic)
-        .order_by(func.count().desc(), FlaggedRecordRow.topic)
-    ).all()
-    total = sum(count for _, count in topics)
-    topic_counts = tuple(TopicCount(topic, count, count / total) for topic, count in topics)
+    topics = _topic_counts(session, conditions, counted)
+    total = sum(t.count for t in topics)
     if first is None or last is None or first > last:  # no matching records and no bounds
-        return Stats(bucket_seconds, total, (), topic_counts)
+        return Stats(bucket_seconds, total, (), topics)
     first_index, last_index = (_bucket_index(t, bucket_seconds) for t in (first, last))
     if last_index - first_index + 1 > max_buckets:
         raise QueryError(
@@ -414,10 +440,25 @@ def flagged_stats(
     index = _sql_bucket_index(session, column, bucket_seconds).label("bucket")
     grouped = select(index, func.count()).where(*conditions).group_by(index)
     counts = {index: count for index, count in session.execute(grouped)}
+    per_bucket: dict[int, tuple[int, int]] | None = None
+    if counted is not None and bucket_seconds % 60 == 0:
+        minute_index = _sql_bucket_index(session, StreamCountRow.minute, bucket_seconds).label(
+            "bucket"
+        )
+        sums = (
+            select(minute_index, func.sum(StreamCountRow.consumed), func.sum(StreamCountRow.scored))
+            .where(*counted)
+            .group_by(minute_index)
+        )
+        per_bucket = {i: (int(c), int(s)) for i, c, s in session.execute(sums)}
     step = timedelta(seconds=bucket_seconds)
     try:  # buckets are aligned to the epoch: the first may start before year 1
         buckets = tuple(
-            Bucket(EPOCH + i * step, int(counts.get(i, 0)))
+            Bucket(
+                EPOCH + i * step,
+                int(counts.get(i, 0)),
+                *(per_bucket.get(i, (0, 0)) if per_bucket is not None else (None, None)),
+            )
             for i in range(first_index, last_index + 1)
         )
     except OverflowError:
@@ -425,7 +466,61 @@ def flagged_stats(
             f"buckets of {bucket_seconds}s aligned to 1970-01-01 would start before year 1 "
             f"for {first.isoformat()}: choose a later start or a smaller bucket"
         ) from None
-    return Stats(bucket_seconds, total, buckets, topic_counts)
+    return Stats(bucket_seconds, total, buckets, topics)
+
+
+def _counts_conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]] | None:
+    """The stream counts that go with the filter's records, or None when they cannot: counts
+    are kept per topic and minute of scoring, so only the topic and a scored-time range apply
+    (the minutes that start in the range)."""
+    if flt.time_field != "scored":
+        return None
+    row = StreamCountRow
+    conditions: list[ColumnElement[bool]] = []
+    if flt.start is not None:
+        conditions.append(row.minute >= flt.start)
+    if flt.end is not None:
+        conditions.append(row.minute < flt.end)
+    if flt.topic is not None:
+        conditions.append(row.topic == flt.topic)
+    return conditions
+
+
+def _topic_counts(
+    session: Session,
+    conditions: list[ColumnElement[bool]],
+    counted: list[ColumnElement[bool]] | None,
+) -> tuple[TopicCount, ...]:
+    flagged = dict(
+        session.execute(
+            select(FlaggedRecordRow.topic, func.count())
+            .where(*conditions)
+            .group_by(FlaggedRecordRow.topic)
+        ).all()
+    )
+    seen: dict[str, tuple[int, int]] = {}
+    if counted is not None:
+        sums = (
+            select(
+                StreamCountRow.topic,
+                func.sum(StreamCountRow.consumed),
+                func.sum(StreamCountRow.scored),
+            )
+            .where(*counted)
+            .group_by(StreamCountRow.topic)
+        )
+        seen = {topic: (int(c), int(s)) for topic, c, s in session.execute(sums)}
+    total = sum(flagged.values())
+    order = sorted(set(flagged) | set(seen), key=lambda t: (-flagged.get(t, 0), t))
+    return tuple(
+        TopicCount(
+            topic,
+            flagged.get(topic, 0),
+            flagged.get(topic, 0) / total if total else 0.0,
+            *(seen.get(topic, (0, 0)) if counted is not None else (None, None)),
+        )
+        for topic in order
+    )
 
 
 # --- feedback-based evaluation and model versions ---------------------------------------------

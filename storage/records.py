@@ -1,6 +1,6 @@
-"""What the stream consumer hands to storage: flagged records and the model versions that
-scored them. Storage owns these input types so that the consumer depends on storage, never the
-other way round."""
+"""What the stream consumer hands to storage: flagged records, the model versions that
+scored them, and per-minute counts of what it consumed. Storage owns these input types so that
+the consumer depends on storage, never the other way round."""
 
 from __future__ import annotations
 
@@ -83,3 +83,23 @@ class ModelVersion:
 
     version: str
     manifest: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StreamCount:
+    """What a consumer did with one topic's records in one minute (``minute``: its start, UTC,
+    of the scoring time). Counts add up: consumers write increments, the table sums them, so
+    the flagged share of consumed records can be read from SQL. They are approximate across a
+    crash: a redelivered batch is counted again, and a few seconds of unwritten counts are
+    lost."""
+
+    topic: str
+    minute: datetime
+    consumed: int
+    scored: int
+    flagged: int
+    rejected: int
+
+    def __post_init__(self) -> None:
+        if self.minute.utcoffset() is None or self.minute.second or self.minute.microsecond:
+            raise ValueError(f"StreamCount.minute must be an aware whole minute, got {self.minute}")

@@ -18,12 +18,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from detector.errors import LatentwatchError
 from storage.database import dumps_json
-from storage.models import Base, FeedbackLabel, FeedbackRow, FlaggedRecordRow, ModelVersionRow
-from storage.records import FlaggedRecord, ModelVersion
+from storage.models import (
+    Base,
+    FeedbackLabel,
+    FeedbackRow,
+    FlaggedRecordRow,
+    ModelVersionRow,
+    StreamCountRow,
+)
+from storage.records import FlaggedRecord, ModelVersion, StreamCount
 
 _RECORD_FIELDS = tuple(field.name for field in fields(FlaggedRecord))
 _FLAGGED = Base.metadata.tables["flagged_records"]
 _MODEL_VERSIONS = Base.metadata.tables["model_versions"]
+_STREAM_COUNTS = Base.metadata.tables["stream_counts"]
 # Python attribute -> SQL column, where they differ ("offset" is a reserved word).
 _SQL_NAMES = {"partition": "kafka_partition", "offset": "kafka_offset"}
 # SQL names of the unique constraint that makes redelivery idempotent.
@@ -51,6 +59,7 @@ def write_flagged(
     records: Sequence[FlaggedRecord],
     models: Sequence[ModelVersion] = (),
     *,
+    counts: Sequence[StreamCount] = (),
     now: datetime | None = None,
 ) -> int:
     """Store a batch in one transaction and return how many records were new.
@@ -58,11 +67,11 @@ def write_flagged(
     Records already stored (same topic, partition, offset, Kafka timestamp) are skipped by the
     database, so the consumer can retry a whole batch after any failure. ``models`` are
     upserted: a new version gets ``first_seen = last_seen = now``, a known one only moves
-    ``last_seen`` forward.
+    ``last_seen`` forward. ``counts`` are added to the stored counts of their topic and minute.
     A record no database would store raises :class:`UnstorableRecordError` before anything is
     written; infrastructure errors propagate as SQLAlchemy exceptions, with nothing written.
     """
-    if not records and not models:
+    if not records and not models and not counts:
         return 0
     check_storable(records, models)
     seen_at = now if now is not None else datetime.now(UTC)
@@ -106,7 +115,36 @@ def write_flagged(
                     for version in sorted(unique_models)
                 ],
             )
+        if counts:
+            _add_counts(session, counts)
     return inserted
+
+
+def _add_counts(session: Session, counts: Sequence[StreamCount]) -> None:
+    """Add to the (topic, minute) rows, creating them as needed: several consumers of a group
+    write the same rows. Merged and sorted first, so rows are locked once and in one order."""
+    merged: dict[tuple[str, datetime], list[int]] = {}
+    for c in counts:
+        total = merged.setdefault((c.topic, c.minute), [0, 0, 0, 0])
+        for i, n in enumerate((c.consumed, c.scored, c.flagged, c.rejected)):
+            total[i] += n
+    upsert = _insert(session, _STREAM_COUNTS)
+    names = ("consumed", "scored", "flagged", "rejected")
+    add = upsert.on_conflict_do_update(
+        index_elements=["topic", "minute"],
+        set_={name: _STREAM_COUNTS.c[name] + upsert.excluded[name] for name in names},
+    )
+    session.execute(
+        add,
+        [
+            {
+                "topic": topic,
+                "minute": minute,
+                **dict(zip(names, merged[topic, minute], strict=True)),
+            }
+            for topic, minute in sorted(merged)
+        ],
+    )
 
 
 def check_storable(records: Sequence[FlaggedRecord], models: Sequence[ModelVersion] = ()) -> None:
@@ -179,9 +217,10 @@ def _insert(session: Session, table: Table) -> postgresql.Insert | sqlite.Insert
 def prune_flagged(
     session_factory: sessionmaker[Session], older_than: datetime, *, batch_size: int = 10_000
 ) -> int:
-    """Delete records scored before ``older_than`` (their feedback goes with them) and return
-    how many. Deletes ``batch_size`` rows per transaction so that a large backlog does not hold
-    a long lock that stalls the consumer's writes."""
+    """Delete records scored before ``older_than`` (their feedback goes with them) and the
+    stream counts of the minutes before it; return how many records. Deletes ``batch_size``
+    records per transaction so that a large backlog does not hold a long lock that stalls the
+    consumer's writes."""
     if older_than.utcoffset() is None:
         raise ValueError(
             f"older_than is a naive datetime ({older_than.isoformat()}): pass a timezone-aware "
@@ -204,7 +243,10 @@ def prune_flagged(
         count: int = result.rowcount  # type: ignore[attr-defined]
         deleted += count
         if count < batch_size:
-            return deleted
+            break
+    with session_factory.begin() as session:  # one row per topic and minute: small
+        session.execute(delete(StreamCountRow).where(StreamCountRow.minute < older_than))
+    return deleted
 
 
 def count_flagged(session_factory: sessionmaker[Session]) -> int:

@@ -24,7 +24,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from detector.detector import Detector
-from storage.records import FlaggedRecord
+from storage.records import FlaggedRecord, StreamCount
 from streams.messages import (
     UNSTORABLE,
     DecodePolicy,
@@ -62,6 +62,7 @@ class Source(Protocol):
 
 
 class FlaggedSink(Protocol):
+    def count(self, counts: Sequence[StreamCount]) -> None: ...  # kept for a later write
     def write(self, records: Sequence[FlaggedRecord]) -> int: ...  # one transaction
 
 
@@ -107,6 +108,23 @@ def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
     for message in messages:
         groups[message.topic].append(message)
     return groups
+
+
+def _stream_counts(batches: Sequence[TopicBatch], now: datetime) -> list[StreamCount]:
+    """What the batch did per topic, for the flagged share in SQL. A flagged record that no
+    database accepts counts as flagged here (and as rejected in the metrics)."""
+    minute = now.replace(second=0, microsecond=0)
+    return [
+        StreamCount(
+            b.topic,
+            minute,
+            consumed=b.consumed,
+            scored=len(b.scored_messages),
+            flagged=len(b.flagged),
+            rejected=len(b.rejections),
+        )
+        for b in batches
+    ]
 
 
 def _next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
@@ -172,6 +190,7 @@ class ConsumerLoop:
         ]
         flagged = [r for b in batches for r in b.flagged]
         rejected = [r for b in batches for r in b.rejections]
+        self.sink.count(_stream_counts(batches, now))
 
         stored, unstorable = self._store(flagged, messages, stop)
         rejected += unstorable

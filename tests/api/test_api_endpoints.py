@@ -15,6 +15,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory
 from storage.queries import evaluate
+from storage.records import StreamCount
 from storage.repository import add_feedback, write_flagged
 
 
@@ -30,7 +31,48 @@ def test_stats_count_per_bucket_and_topic(
     assert [b["count"] for b in body["buckets"]] == [per_10m[i] for i in range(7)]
     assert body["buckets"][0]["start"] == "2026-11-01T12:00:00Z"
     assert {t["topic"]: t["count"] for t in body["topics"]} == {"payments": 50, "logins": 50}
-    assert "latentwatch_records_consumed_total" in body["note"]
+    # no stream counts stored: nothing consumed is known, so no share
+    assert {(b["consumed"], b["flagged_share"]) for b in body["buckets"]} == {(0, None)}
+
+
+def test_stats_give_the_flagged_share_of_scored_records(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    """Consumers store what they consumed per topic and minute; the stats divide by it."""
+    seed(sessions, 100)  # payments and logins alternate, one record every 37 s from T0
+    counts = [
+        StreamCount(topic, T0 + timedelta(minutes=m), 1000, 990, 0, 10)
+        for m in range(62)
+        for topic in ("payments", "logins", "quiet")
+    ]
+    write_flagged(sessions, [], counts=counts[:100])
+    write_flagged(sessions, [], counts=counts[100:])
+    write_flagged(sessions, [], counts=[StreamCount("quiet", T0, 500, 500, 0, 0)])  # adds up
+
+    body = client.get("/api/stats", params={"bucket": "10m"}).json()
+    first = body["buckets"][0]
+    assert first["consumed"] == 3 * 10 * 1000 + 500 and first["scored"] == 3 * 10 * 990 + 500
+    assert first["flagged_share"] == pytest.approx(first["count"] / first["scored"])
+    last = body["buckets"][-1]  # minutes 60 and 61
+    assert last["consumed"] == 3 * 2 * 1000
+    topics = {t["topic"]: t for t in body["topics"]}
+    assert [t["topic"] for t in body["topics"]] == ["logins", "payments", "quiet"]
+    assert topics["payments"]["scored"] == 62 * 990
+    assert topics["payments"]["flagged_share"] == pytest.approx(50 / (62 * 990))
+    assert topics["quiet"]["count"] == 0 and topics["quiet"]["consumed"] == 62 * 1000 + 500
+    assert topics["quiet"]["flagged_share"] == 0.0
+
+    one_topic = {"bucket": "1h", "topic": "payments", "start": "2026-11-01T12:00:00Z"}
+    body = client.get("/api/stats", params=one_topic).json()
+    assert [b["scored"] for b in body["buckets"]] == [60 * 990, 2 * 990]
+    # counts are per minute: no answer for smaller buckets or for event times
+    body = client.get("/api/stats", params={"bucket": "30s"}).json()
+    assert {b["consumed"] for b in body["buckets"]} == {None}
+    assert body["topics"][0]["consumed"] is not None
+    body = client.get("/api/stats", params={"bucket": "1h", "time_field": "event"}).json()
+    assert {b["consumed"] for b in body["buckets"]} | {t["scored"] for t in body["topics"]} == {
+        None
+    }
 
 
 def test_stats_fill_empty_buckets_of_the_asked_range_and_apply_filters(
@@ -47,7 +89,16 @@ def test_stats_fill_empty_buckets_of_the_asked_range_and_apply_filters(
     starts = [b["start"][11:16] for b in body["buckets"]]
     assert starts == ["09:00", "10:00", "11:00", "12:00", "13:00", "14:00"]
     assert [b["count"] for b in body["buckets"]] == [0, 0, 0, 49, 1, 0]
-    assert body["topics"] == [{"topic": "logins", "count": 50, "share_of_flagged": 1.0}]
+    assert body["topics"] == [
+        {
+            "topic": "logins",
+            "count": 50,
+            "share_of_flagged": 1.0,
+            "consumed": 0,
+            "scored": 0,
+            "flagged_share": None,
+        }
+    ]
 
 
 def test_stats_on_event_time_and_on_an_empty_database(
@@ -59,10 +110,11 @@ def test_stats_on_event_time_and_on_an_empty_database(
     params = {"time_field": "event", "bucket": "1d", "start": "1966-11-15", "end": "1966-11-18"}
     body = client.get("/api/stats", params=params).json()
     assert body["total"] == 1
+    unknown = {"consumed": None, "scored": None, "flagged_share": None}  # event times
     assert body["buckets"] == [
-        {"start": "1966-11-15T00:00:00Z", "count": 0},
-        {"start": "1966-11-16T00:00:00Z", "count": 1},
-        {"start": "1966-11-17T00:00:00Z", "count": 0},
+        {"start": "1966-11-15T00:00:00Z", "count": 0, **unknown},
+        {"start": "1966-11-16T00:00:00Z", "count": 1, **unknown},
+        {"start": "1966-11-17T00:00:00Z", "count": 0, **unknown},
     ]
     body = client.get("/api/stats", params={"time_field": "event", "bucket": "366d"}).json()
     assert body["total"] == 2 and sum(b["count"] for b in body["buckets"]) == 2

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer
 
 from latentwatch.embedded import EmbeddedBroker
 from storage.database import make_engine, session_factory, upgrade
+from storage.records import StreamCount
 from storage.repository import add_feedback, write_flagged
 
 
@@ -219,7 +220,7 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lw.db'}"
     proc = run("db", "upgrade", "--db", url)
     assert proc.returncode == 0, proc.stderr
-    assert "is at schema revision 0001" in proc.stdout
+    assert "is at schema revision 0002" in proc.stdout
 
     now = datetime.now(UTC)
     engine = make_engine(url)
@@ -241,7 +242,9 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
         ]
     add_feedback(sessions, ids[1], "true_alarm")
     add_feedback(sessions, ids[2], "false_alarm", "a known batch job")
-    engine.dispose()
+    minute = now.replace(second=0, microsecond=0)
+    counts = [StreamCount("t", m, 10, 10, 1, 0) for m in (minute - timedelta(days=40), minute)]
+    write_flagged(sessions, [], counts=counts)
 
     proc = run("evaluate", "--db", url)
     assert proc.returncode == 0, proc.stderr
@@ -250,6 +253,10 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     proc = run("db", "prune", "--db", url, "--older-than", "30d")
     assert proc.returncode == 0, proc.stderr
     assert "deleted 1 flagged record(s) older than 30d" in proc.stdout
+    with engine.connect() as connection:  # the stream counts of those days went too
+        kept = connection.exec_driver_sql("SELECT count(*) FROM stream_counts").scalar()
+    engine.dispose()
+    assert kept == 1
 
     proc = run("db", "prune", "--db", url, "--older-than", "soon")
     assert proc.returncode == 1

@@ -45,6 +45,7 @@ def test_upgrade_creates_tables_constraints_and_indexes(engine: Engine) -> None:
         "flagged_records",
         "model_versions",
         "feedback",
+        "stream_counts",
     }
     unique = schema.get_unique_constraints("flagged_records")
     assert [u["column_names"] for u in unique] == [
@@ -64,6 +65,8 @@ def test_upgrade_creates_tables_constraints_and_indexes(engine: Engine) -> None:
     assert {ix["name"] for ix in schema.get_indexes("feedback")} == {
         "ix_feedback_flagged_id_created_at"
     }
+    assert schema.get_pk_constraint("stream_counts")["constrained_columns"] == ["topic", "minute"]
+    assert {ix["name"] for ix in schema.get_indexes("stream_counts")} == {"ix_stream_counts_minute"}
     assert current_revision(engine) == head_revision()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -12,7 +13,7 @@ import pytest
 from cancer_model import Model
 from prometheus_client import CollectorRegistry
 
-from storage.records import FlaggedRecord
+from storage.records import FlaggedRecord, StreamCount
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
@@ -69,6 +70,11 @@ class FakeSink:
         self.journal, self.failures, self.unstorable_id = journal, failures, unstorable_id
         self.stop_after_failures = stop_after_failures
         self.rows: list[FlaggedRecord] = []
+        self.counts: list[StreamCount] = []
+
+    def count(self, counts: Sequence[StreamCount]) -> None:
+        self.journal.append("count")
+        self.counts.extend(counts)
 
     def write(self, records: Sequence[FlaggedRecord]) -> int:
         self.journal.append("write")
@@ -147,8 +153,19 @@ def test_commit_comes_after_the_database_and_the_dead_letters(model: Model) -> N
     reports: list[BatchReport] = []
     loop, registry = make_loop(model, source, sink, dead, reports)
     loop.run(stop)
-    assert journal == ["write", "deadletters", "commit"]
+    assert journal == ["count", "write", "deadletters", "commit"]
     assert source.committed == [{("t", 0): 41}]  # the next offset to read
+    # counted once, before the write whose transaction carries the counts
+    assert sink.counts == [
+        StreamCount(
+            "t",
+            datetime(2026, 9, 21, 14, 13, tzinfo=UTC),  # the minute of the loop's clock
+            consumed=41,
+            scored=40,
+            flagged=len(sink.rows),
+            rejected=1,
+        )
+    ]
     flagged_ids = [r.record_id or "" for r in sink.rows]
     assert sum(i.startswith("m") for i in flagged_ids) >= 8  # the malignant records
     assert sum(i.startswith("b") for i in flagged_ids) <= 3
@@ -217,8 +234,8 @@ def test_database_outage_is_retried_and_nothing_is_committed_meanwhile(model: Mo
     sink = FakeSink(journal, failures=3)
     loop, registry = make_loop(model, source, sink, FakeDeadLetters(journal))
     loop.run(stop)
-    assert journal == ["write"] * 4 + ["commit"]
-    assert len(sink.rows) > 0
+    assert journal == ["count"] + ["write"] * 4 + ["commit"]  # counted once, written once
+    assert len(sink.rows) > 0 and len(sink.counts) == 1
     assert value(registry, "latentwatch_db_write_errors_total") == 3
     assert value(registry, "latentwatch_db_write_retries_total") == 3
 

@@ -1,19 +1,22 @@
 """The consumer's database sink on SQLite and PostgreSQL: the model version is upserted at
-start-up and then at most once per interval, not with every batch."""
+start-up and then at most once per interval, not with every batch; stream counts ride along
+with flagged records or wait at most their interval."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 
 import pytest
 from flagged_records import make_record
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import make_engine, session_factory, upgrade
-from storage.models import ModelVersionRow
+from storage.models import ModelVersionRow, StreamCountRow
+from storage.records import StreamCount
 from storage.repository import count_flagged, list_model_versions
+from streams.consumer import UnstorableRecord
 from streams.sql_sink import SqlSink
 
 VERSION = "3f9a1c2b7d10"
@@ -76,3 +79,56 @@ def test_a_deleted_model_row_comes_back_with_the_next_due_batch(
     clock.now += 60.0
     sink.write([make_record(2)])
     assert [v.version for v in list_model_versions(sessions)] == [VERSION]
+
+
+def stored_counts(sessions: Sessions) -> dict[str, tuple[int, int, int, int]]:
+    with sessions() as session:
+        return {
+            row.topic: (row.consumed, row.scored, row.flagged, row.rejected)
+            for row in session.scalars(select(StreamCountRow))
+        }
+
+
+MINUTE = datetime(2026, 11, 22, 4, 0, tzinfo=UTC)
+
+
+def test_stream_counts_ride_with_flagged_records_or_wait_at_most_the_interval(
+    sink_and_sessions: tuple[SqlSink, Sessions, FakeClock],
+) -> None:
+    sink, sessions, clock = sink_and_sessions
+    sink.count([StreamCount("t", MINUTE, 100, 99, 0, 1)])
+    assert sink.write([]) == 0
+    assert stored_counts(sessions) == {}  # no round trip for a batch with nothing flagged
+
+    sink.count([StreamCount("t", MINUTE, 100, 100, 2, 0)])
+    assert sink.write([make_record(1)]) == 1
+    assert stored_counts(sessions) == {"t": (200, 199, 2, 1)}  # in the records' transaction
+
+    sink.count([StreamCount("t", MINUTE, 50, 50, 0, 0)])
+    clock.now += 9.0
+    sink.write([])
+    assert stored_counts(sessions) == {"t": (200, 199, 2, 1)}
+    clock.now += 1.0
+    sink.write([])  # ten seconds old: written on their own
+    assert stored_counts(sessions) == {"t": (250, 249, 2, 1)}
+
+    sink.count([StreamCount("u", MINUTE, 7, 7, 0, 0)])
+    sink.flush()  # at shutdown
+    assert stored_counts(sessions)["u"] == (7, 7, 0, 0)
+    sink.flush()
+    assert stored_counts(sessions)["u"] == (7, 7, 0, 0)  # nothing left to add twice
+
+
+def test_counts_of_a_failed_write_are_kept_and_written_once(
+    sink_and_sessions: tuple[SqlSink, Sessions, FakeClock],
+) -> None:
+    """The loop counts a batch once and may retry its write: the counts leave the sink only
+    with a committed transaction."""
+    sink, sessions, _ = sink_and_sessions
+    sink.count([StreamCount("t", MINUTE, 10, 10, 1, 0)])
+    with pytest.raises(UnstorableRecord):
+        sink.write([make_record(1, record={"note": "a\x00b"})])
+    assert stored_counts(sessions) == {}
+    sink.write([make_record(2)])
+    sink.write([make_record(3)])
+    assert stored_counts(sessions) == {"t": (10, 10, 1, 0)}
