@@ -138,7 +138,9 @@ def run_consumer(
             )
             source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance)
             producer = connect(
-                lambda: make_producer(settings.bootstrap, settings.kafka_options),
+                lambda clients: make_producer(
+                    settings.bootstrap, settings.kafka_options, kafka_client=clients
+                ),
                 "dead-letter producer",
                 stop,
             )

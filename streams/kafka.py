@@ -129,17 +129,47 @@ def _consumer_config(s: KafkaSettings) -> dict[str, Any]:
     }
 
 
+class _NetworkClients:
+    """Makes the network clients of kafka-python's clients (its ``kafka_client`` setting) and
+    remembers them. kafka-python 3.0.12 starts a network thread and opens sockets before it
+    knows a broker answers, and a constructor that then fails leaves them behind: a thread and
+    four descriptors per attempt, which a long broker outage at start would pile up until the
+    process runs out of descriptors. ``close`` ends a failed attempt's own."""
+
+    def __init__(self) -> None:
+        self._made: list[Any] = []
+
+    def __call__(self, **config: Any) -> Any:
+        client = KafkaConsumer.DEFAULT_CONFIG["kafka_client"](**config)
+        self._made.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._made:
+            try:
+                client.close()
+            except Exception:  # best effort, on a client that never worked
+                log.debug("closing a failed Kafka client", exc_info=True)
+
+
 def connect(
-    factory: Callable[[], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
+    factory: Callable[[Any], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
 ) -> Any:
     """Create a client, retrying with backoff while no broker answers (broker down at start).
-    Returns None if ``stop`` is set first. Invalid settings fail at once."""
+    ``factory`` receives the ``kafka_client`` setting to pass on, so that a failed attempt's
+    network client is closed. Returns None if ``stop`` is set first. Invalid settings fail at
+    once."""
 
     def create() -> Any:
+        clients = _NetworkClients()
         try:
-            return factory()
+            return factory(clients)
         except KafkaConfigurationError as exc:
+            clients.close()
             raise KafkaSettingsError(f"{what}: invalid Kafka settings: {exc}") from None
+        except BaseException:
+            clients.close()
+            raise
 
     if stop.is_set():
         return None
@@ -181,7 +211,7 @@ class KafkaSource:
         on_revoked: Callable[[], None] = lambda: None,
     ) -> None:
         consumer = connect(
-            lambda: KafkaConsumer(**_consumer_config(settings)),
+            lambda clients: KafkaConsumer(**_consumer_config(settings), kafka_client=clients),
             f"consumer of {', '.join(settings.topics)}",
             stop,
         )

@@ -4,6 +4,7 @@ embedded broker, except the one refusal it cannot produce."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 from stream_harness import read_topic, settings, thread_consumer, wait_until
 
-from latentwatch.embedded import EmbeddedBroker
+from latentwatch.embedded import EmbeddedBroker, free_port
 from streams.kafka import (
     DeadLetterProducer,
+    KafkaSettings,
     KafkaSettingsError,
+    KafkaSource,
     check_options,
     make_producer,
     options_for,
@@ -148,3 +151,24 @@ def test_the_consumer_creates_its_dead_letter_topic_at_start(
             )
     finally:
         admin.close()
+
+
+def test_attempts_to_reach_a_broker_that_is_down_leave_no_threads_behind() -> None:
+    """kafka-python starts a network thread before it knows a broker answers and does not stop
+    it when the constructor fails; over a long outage at start those would pile up."""
+    before = {t.ident for t in threading.enumerate()}
+    stop = threading.Event()
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    quick = KafkaSettings(
+        bootstrap=f"127.0.0.1:{free_port()}",
+        topics=("t",),
+        extra={"bootstrap_timeout_ms": "300"},
+    )
+    try:
+        source = KafkaSource(quick, stop)
+    finally:
+        timer.cancel()
+    assert not source.connected
+    left = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert left == []
