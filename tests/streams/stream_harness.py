@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -154,6 +154,16 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout_s: float = 20.
     finally:
         consumer.close()
     return out
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets (the next offset to read), by partition."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets(group)[group]
+    finally:
+        admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
 
 
 class TcpProxy:

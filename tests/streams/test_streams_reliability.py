@@ -17,6 +17,7 @@ from cancer_model import Model
 from sqlalchemy.engine import make_url
 from stream_harness import (
     TcpProxy,
+    committed_offsets,
     encode,
     process_consumer,
     produce,
@@ -126,6 +127,11 @@ def test_sigkilled_consumer_loses_and_duplicates_nothing(
         proc.wait(15)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert_exactly_once(db_url, topic, expected)
+    # SIGTERM finished and committed the work: the group's offsets are past every record
+    # (offsets start at 0 in each partition; the broker's end offsets are not exact on Tansu)
+    assert "received SIGTERM" in log.read_text()
+    committed = committed_offsets(broker.bootstrap, s.group, topic)
+    assert len(committed) == 3 and sum(committed.values()) == len(records)
 
 
 def test_two_consumers_split_partitions_and_one_leaves(
