@@ -4,12 +4,12 @@ types and response schemas. Bounded to a couple of dozen examples per operation.
 
 The schema is loaded from an app built at import without a database (schemathesis needs it to
 parametrize, and its fixture-based loading does not work with this pytest); the fixture below
-points the app's session dependency at a seeded SQLite file for the duration of the module.
+points the app's session dependency at a seeded database, SQLite then PostgreSQL.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,10 +29,21 @@ APP = create_app(ApiSettings(max_page_size=200), sessionmaker())  # unbound: not
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def seeded_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    url = f"sqlite:///{Path(tmp_path_factory.mktemp('fuzz')) / 'latentwatch.db'}"
-    upgrade(url)
+@pytest.fixture(
+    scope="module",
+    autouse=True,
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def seeded_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Every case runs against each engine: an error only one of them raises is a 5xx too."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{Path(tmp_path_factory.mktemp('fuzz')) / 'latentwatch.db'}"
+        upgrade(url)
+    else:
+        new_database: Callable[[str], str] = request.getfixturevalue("new_postgres_database")
+        url = new_database("lw_fuzz")
     engine = make_engine(url)
     sessions: sessionmaker[Session] = session_factory(engine)
     seed(sessions, 40)
