@@ -241,8 +241,9 @@ def overview_row() -> Section:
             .thresholds(_thresholds((None, "green"), (60, "orange"), (300, "red")))
         )
         .with_panel(
-            _stat(3, "Event-time age of newest record", "s", "event_time_age").description(
-                "now - the newest event time processed: how far behind real time the stream is."
+            _stat(3, "Age of the newest record", "s", "event_time_age").description(
+                "now - the newest Kafka message timestamp processed: how far behind real time "
+                "the stream is."
             )
         )
         .with_panel(_stat(4, "Records in drift window", "short", "drift_window_records"))
@@ -388,7 +389,7 @@ def consumer_row() -> Section:
                 ("latency_p50", "end-to-end p50"),
                 ("latency_p99", "end-to-end p99"),
                 ("batch_duration_p99", "batch duration p99"),
-            ).description("End-to-end: record event time to its batch being persisted.")
+            ).description("End-to-end: Kafka message timestamp to its batch being persisted.")
         )
         .with_panel(
             _timeseries(

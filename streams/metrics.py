@@ -223,7 +223,7 @@ class StreamMetrics:
         )
         self._latency = histogram(
             "end_to_end_latency_seconds",
-            "Record event time to its batch being persisted.",
+            "Kafka message timestamp to its batch being persisted.",
             LATENCY_BUCKETS,
         )
         self._batch_duration = Histogram(
@@ -238,7 +238,9 @@ class StreamMetrics:
         )
         self._lag_series: set[tuple[str, str]] = set()
         self._last_record_time = gauge(
-            "last_record_timestamp_seconds", "Newest event time processed, Unix seconds.", by_topic
+            "last_record_timestamp_seconds",
+            "Newest Kafka message timestamp processed, Unix seconds.",
+            by_topic,
         )
         self._last_batch_time = gauge(
             "last_batch_timestamp_seconds",
@@ -348,7 +350,7 @@ class StreamMetrics:
 
     def record_persisted(self, topic: str, event_times_s: np.ndarray, now_s: float) -> None:
         """The batch's records are persisted (flagged rows written, offsets about to commit):
-        observe event time → now latencies and advance the newest event time. NaN event times
+        observe message timestamp → now latencies and advance the newest timestamp. NaN timestamps
         (records without a timestamp) are ignored."""
         times = np.asarray(event_times_s, dtype=np.float64)
         times = times[~np.isnan(times)]
