@@ -1,6 +1,8 @@
 # One image for every latentwatch subcommand: train, score, consume, api, db upgrade.
 #   docker build -t latentwatch:0.1.0 .
 #   docker run --rm latentwatch:0.1.0 --help
+# Optional extras (pyproject.toml), e.g. Parquet input for train/score (pyarrow, ~120 MB more):
+#   docker build --build-arg EXTRAS=parquet -t latentwatch:0.1.0-parquet .
 # See docs/deployment.md.
 
 FROM python:3.11-slim AS builder
@@ -14,7 +16,8 @@ RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorc
 WORKDIR /src
 # .dockerignore admits only the package sources and their metadata.
 COPY . .
-RUN pip install --no-cache-dir .
+ARG EXTRAS=""
+RUN pip install --no-cache-dir "/src${EXTRAS:+[$EXTRAS]}"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
