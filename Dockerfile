@@ -1,7 +1,7 @@
 # One image for every latentwatch subcommand: train, score, consume, api, db upgrade.
 #   docker build -t latentwatch:0.1.0 .
 #   docker run --rm latentwatch:0.1.0 --help
-# Optional extras (pyproject.toml), e.g. Parquet input for train/score (pyarrow, ~120 MB more):
+# Optional extras (pyproject.toml), e.g. Parquet input for train/score (pyarrow, ~170 MB more):
 #   docker build --build-arg EXTRAS=parquet -t latentwatch:0.1.0-parquet .
 # See docs/deployment.md.
 
