@@ -312,6 +312,14 @@ def consume(
     max_records: Annotated[int, typer.Option(envvar=_env("MAX_RECORDS"), help="Per poll")] = 2000,
     session_timeout_ms: Annotated[int, typer.Option(envvar=_env("SESSION_TIMEOUT_MS"))] = 6000,
     max_message_bytes: Annotated[int, typer.Option(envvar=_env("MAX_MESSAGE_BYTES"))] = 1_048_576,
+    explain_features: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("EXPLAIN_FEATURES"),
+            min=0,
+            help="Features explained per flagged record, most surprising first; 0: all",
+        ),
+    ] = 5,
     require: Annotated[
         list[str] | None,
         typer.Option(envvar=_env("REQUIRED_FIELDS"), help="Field(s) a record must carry"),
@@ -346,6 +354,7 @@ def consume(
         max_records=max_records,
         session_timeout_ms=session_timeout_ms,
         max_message_bytes=max_message_bytes,
+        explained_features=explain_features,
         required_fields=_split(require),
         schema_versions=_split(schema_version),
         kafka_options=_kafka_options(kafka_option),

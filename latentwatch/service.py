@@ -61,6 +61,7 @@ class ConsumeSettings:
     poll_timeout_s: float = 0.5
     session_timeout_ms: int = 6000
     max_message_bytes: int = 1_048_576
+    explained_features: int = 5  # per flagged record, most surprising first; 0: every field
     required_fields: tuple[str, ...] = ()
     schema_versions: tuple[str, ...] = ()
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
@@ -150,6 +151,7 @@ def run_consumer(
             _create_deadletter_topics(settings, dead_letters)
             loop_settings = LoopSettings(
                 poll_timeout_s=settings.poll_timeout_s,
+                explained_features=settings.explained_features,
                 max_records=settings.max_records,
                 policy=DecodePolicy(
                     max_bytes=settings.max_message_bytes,

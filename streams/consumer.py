@@ -34,7 +34,7 @@ from streams.messages import (
 )
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
-from streams.scoring import TopicBatch, score_messages
+from streams.scoring import EXPLAINED_FEATURES, TopicBatch, score_messages
 
 log = logging.getLogger("latentwatch.consumer")
 
@@ -77,6 +77,7 @@ class LoopSettings:
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
     policy: DecodePolicy = field(default_factory=DecodePolicy)
+    explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
 
 
 @dataclass(frozen=True)
@@ -184,8 +185,11 @@ class ConsumerLoop:
         """Handle one polled batch end to end; raises Stopped if shutdown interrupts a retry."""
         started = time.perf_counter()
         now = datetime.fromtimestamp(self.clock(), UTC)
+        s = self.settings
         batches = [
-            score_messages(topic, msgs, self.detector, self.settings.policy, now)
+            score_messages(
+                topic, msgs, self.detector, s.policy, now, explained_features=s.explained_features
+            )
             for topic, msgs in _group_by_topic(messages).items()
         ]
         flagged = [r for b in batches for r in b.flagged]

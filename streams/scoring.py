@@ -74,6 +74,7 @@ def flagged_records(
     *,
     rows: np.ndarray,
     now: datetime,
+    explained_features: int = EXPLAINED_FEATURES,
 ) -> list[FlaggedRecord]:
     """Storage rows for the scored ``rows`` (indices into ``scores``, ``messages`` and
     ``records``), explained in one batch; numpy columns become Python lists once, not one scalar
@@ -81,7 +82,12 @@ def flagged_records(
     schema = detector.schema
     chosen = [records[i] for i in rows.tolist()]
     explanations = explain_rows(
-        schema, detector.latent_map, scores, rows, actual=chosen, top=EXPLAINED_FEATURES
+        schema,
+        detector.latent_map,
+        scores,
+        rows,
+        actual=chosen,
+        top=explained_features or len(schema.names),
     )
     columns = {name: getattr(scores, name)[rows].tolist() for name in _SCORE_FIELDS}
     out = []
@@ -112,9 +118,17 @@ def flagged_records(
 
 
 def score_messages(
-    topic: str, messages: Sequence[Message], detector: Detector, policy: DecodePolicy, now: datetime
+    topic: str,
+    messages: Sequence[Message],
+    detector: Detector,
+    policy: DecodePolicy,
+    now: datetime,
+    *,
+    explained_features: int = EXPLAINED_FEATURES,
 ) -> TopicBatch:
-    """Decode and score one topic's messages; bad ones become rejections, never exceptions."""
+    """Decode and score one topic's messages; bad ones become rejections, never exceptions.
+    Flagged records are explained by their ``explained_features`` most surprising fields (0:
+    every field)."""
     records, decoded_messages, rejections = decode_all(messages, policy)
     fields = frozenset(detector.schema.names)
     if any(map(fields.isdisjoint, records)):  # rare: set aside records with none of the fields
@@ -134,7 +148,13 @@ def score_messages(
     for i in np.flatnonzero(~scores.valid):
         rejections.append(Rejection(decoded_messages[i], WRONG_TYPE, str(scores.reasons[i])))
     flagged = flagged_records(
-        detector, decoded_messages, records, scores, rows=np.flatnonzero(scores.flagged), now=now
+        detector,
+        decoded_messages,
+        records,
+        scores,
+        rows=np.flatnonzero(scores.flagged),
+        now=now,
+        explained_features=explained_features,
     )
     scored = [m for m, ok in zip(decoded_messages, scores.valid, strict=True) if ok]
     return TopicBatch(topic, len(messages), rejections, scored, scores, flagged)

@@ -203,6 +203,21 @@ def test_flagged_rows_carry_position_scores_and_explanation(model: Model) -> Non
     )
 
 
+@pytest.mark.parametrize("explained", [5, 2, 0])
+def test_flagged_records_explain_as_many_features_as_asked(model: Model, explained: int) -> None:
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages(encoded(model.anomalous[:5]))], journal, stop)
+    sink = FakeSink(journal)
+    settings = LoopSettings(retry_initial_s=0.001, explained_features=explained)
+    loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal), settings=settings)
+    loop.run(stop)
+    n_fields = len(model.detector.schema.names)
+    for row in sink.rows:
+        contributions = [f["contribution"] for f in row.explanation["features"]]
+        assert len(contributions) == (explained or n_fields)
+        assert contributions == sorted(contributions, reverse=True)
+
+
 def test_poison_messages_never_stop_the_stream(model: Model) -> None:
     journal, stop = Journal(), threading.Event()
     good = encoded(model.normal[:20])
