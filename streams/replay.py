@@ -3,6 +3,7 @@ for the demo. Each record is one message; a failed send is retried, never silent
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -12,9 +13,15 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from detector.errors import LatentwatchError
 from streams.kafka import make_producer
 
 _RESEND_ROUNDS = 3
+_FLUSH_TIMEOUT_S = 60.0
+
+
+class ReplayError(LatentwatchError):
+    """Replay cannot start (no broker answers, invalid settings)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,25 @@ def replay(
     ``rate`` is records per second (None: as fast as the producer goes)."""
     start = clock()
     failed: list[tuple[bytes, bytes | None]] = []
-    sent = 0
+    acknowledged = [0]  # by the producer's I/O thread, one callback at a time
+    total = 0
+
+    def acked(_metadata: object) -> None:
+        acknowledged[0] += 1
 
     def send(value: bytes, key: bytes | None) -> None:
-        future = producer.send(topic, value=value, key=key)
+        try:
+            future = producer.send(topic, value=value, key=key)
+        except KafkaError:  # refused at once (too large, no metadata in time): resent below
+            failed.append((value, key))
+            return
+        future.add_callback(acked)
         future.add_errback(lambda _exc: failed.append((value, key)))
+
+    def flush() -> None:
+        # A timeout leaves records unacknowledged: they count as failed unless acked later.
+        with contextlib.suppress(KafkaError):
+            producer.flush(timeout=_FLUSH_TIMEOUT_S)
 
     for i, record in enumerate(records):
         if rate:
@@ -58,19 +79,17 @@ def replay(
         else:
             key = record.get(key_field) if key_field else None
             send(encode_record(record), None if key is None else str(key).encode())
-        sent += 1
-    producer.flush()
+        total += 1
+    flush()
     for _ in range(_RESEND_ROUNDS):
         if not failed:
             break
         retry, failed[:] = list(failed), []
         for value, key in retry:
             send(value, key)
-        try:
-            producer.flush(timeout=30)
-        except KafkaError:
-            continue
-    return ReplayReport(sent=sent - len(failed), failed=len(failed), seconds=clock() - start)
+        flush()
+    sent = acknowledged[0]
+    return ReplayReport(sent=sent, failed=total - sent, seconds=clock() - start)
 
 
 def replay_to(
@@ -84,7 +103,10 @@ def replay_to(
     **producer_settings: Any,
 ) -> ReplayReport:
     """:func:`replay` with a producer of its own, closed afterwards."""
-    producer = make_producer(bootstrap, kafka_options, **producer_settings)
+    try:
+        producer = make_producer(bootstrap, kafka_options, **producer_settings)
+    except KafkaError as exc:
+        raise ReplayError(f"cannot reach Kafka at {bootstrap}: {exc}") from None
     try:
         return replay(records, producer, topic, rate=rate, key_field=key_field)
     finally:

@@ -90,6 +90,39 @@ def test_replay_sends_every_record_of_a_file(broker: EmbeddedBroker, tmp_path: P
     }
 
 
+@pytest.mark.kafka
+def test_replay_reports_records_kafka_refused_and_fails(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    data = tmp_path / "records.csv"
+    data.write_text(f"id,note\na1,short\na2,{'x' * 5000}\na3,short\n")
+    proc = run(
+        "replay",
+        "--data",
+        data,
+        "--bootstrap",
+        broker.bootstrap,
+        "--topic",
+        "replay-refused",
+        "--kafka-option",
+        "max_request_size=2000",
+    )
+    assert proc.returncode == 1
+    assert "sent 2 records to replay-refused" in proc.stdout and "; 1 failed" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_replay_without_a_broker_is_one_clear_line(tmp_path: Path) -> None:
+    data = tmp_path / "records.csv"
+    data.write_text("id,amount\na1,10.5\n")
+    proc = run("replay", "--data", data, "--bootstrap", "127.0.0.1:1", "--topic", "t")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "latentwatch: error: cannot reach Kafka at 127.0.0.1:1: KafkaTimeoutError: "
+        "Unable to bootstrap from ['127.0.0.1:1']"
+    ]
+
+
 def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
     proc = run(
         "consume",
