@@ -224,8 +224,9 @@ def _setup_logging(level: str) -> None:
 
 def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     """`--config FILE`: the command's options from the TOML table named after it (`[consume]`,
-    `[api]`; names as on the command line, `-` or `_`). The command line and `LATENTWATCH_*`
-    variables win over the file, the file over the built-in defaults (click's default map)."""
+    `[api]`, `[db.prune]`; names as on the command line, `-` or `_`). The command line and
+    `LATENTWATCH_*` variables win over the file, the file over the built-in defaults (click's
+    default map)."""
     if value is None or ctx.resilient_parsing:
         return value
     import tomllib
@@ -236,8 +237,13 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         fail(f"cannot read config file {value}: {exc.strerror or exc}")
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         fail(f"config file {value} is not valid TOML: {exc}")
-    command = ctx.info_name or ""
-    section = document.get(command)
+    path = [ctx.info_name or ""]
+    if ctx.parent is not None and ctx.parent.parent is not None:  # a group's: [db.prune]
+        path.insert(0, ctx.parent.info_name or "")
+    command = ".".join(path)
+    section: Any = document
+    for name in path:
+        section = section.get(name) if isinstance(section, dict) else None
     if not isinstance(section, dict):
         fail(f"config file {value} has no [{command}] table")
     params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
@@ -404,6 +410,7 @@ app.add_typer(db_app, name="db")
 @db_app.command("upgrade")
 def db_upgrade(
     db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    config: ConfigOption = None,
 ) -> None:
     """Create or migrate the schema to the newest version (Alembic)."""
     from storage.database import current_revision, make_engine, redact, upgrade
@@ -422,6 +429,7 @@ def db_prune(
     older_than: Annotated[
         str, typer.Option(envvar=_env("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
     ] = "30d",
+    config: ConfigOption = None,
 ) -> None:
     """Delete flagged records (and their feedback) scored longer ago than --older-than."""
     from datetime import UTC, datetime

@@ -249,6 +249,25 @@ def test_bad_config_file_is_one_clear_line(
     assert message in lines[0]
 
 
+def test_db_commands_take_their_settings_from_a_config_file(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lw.db'}"
+    config = tmp_path / "latentwatch.toml"
+    config.write_text(
+        f'[db.upgrade]\ndb = "{url}"\n\n[db.prune]\ndb = "{url}"\nolder-than = "7d"\n'
+    )
+    proc = run("db", "upgrade", "--config", config)
+    assert proc.returncode == 0, proc.stderr
+    assert "is at schema revision" in proc.stdout
+    proc = run("db", "prune", "--config", config)
+    assert "older than 7d" in proc.stdout, proc.stderr
+    proc = run("db", "prune", "--config", config, "--older-than", "2w")  # the command line wins
+    assert "older than 2w" in proc.stdout, proc.stderr
+    config.write_text(f'[db.prune]\ndb = "{url}"\nolder_then = "7d"\n')
+    proc = run("db", "prune", "--config", config)
+    assert proc.returncode == 1
+    assert "[db.prune] has no setting 'older_then' (known: db, older-than)" in proc.stderr
+
+
 def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lw.db'}"
     proc = run("db", "upgrade", "--db", url)
