@@ -9,7 +9,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,10 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from flagged_records import make_record
 from prometheus_client import CollectorRegistry
 from prometheus_server import run_prometheus
+from sqlalchemy import text
 
+from storage.database import make_engine, session_factory
 from storage.models import FlaggedRecordRow
+from storage.repository import write_flagged
 from streams.metrics import StreamMetrics
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,6 +194,36 @@ def test_flagged_records_table_uses_existing_columns(build: ModuleType) -> None:
     columns = {column.name for column in FlaggedRecordRow.__table__.columns}
     assert identifiers - keywords - {table_name} <= columns
     assert "kafka_partition" in identifiers  # the SQL name, not the ORM attribute `partition`
+
+
+@pytest.mark.postgres
+def test_flagged_records_table_query_runs_on_postgresql(
+    build: ModuleType, new_postgres_database: Callable[[str], str]
+) -> None:
+    """The table panel's SQL as Grafana sends it (its $__timeFilter macro expanded the way the
+    PostgreSQL datasource does) returns the newest flagged records of the range."""
+    url = new_postgres_database("lw_dash")
+    engine = make_engine(url)
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:
+        write_flagged(
+            session_factory(engine),
+            [make_record(i, scored_time=now - timedelta(minutes=i)) for i in range(80)],
+        )
+        start, end = now - timedelta(hours=1), now
+        expanded = build.FLAGGED_RECORDS_SQL.replace(
+            "$__timeFilter(scored_time)",
+            f"scored_time BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'",
+        )
+        with engine.connect() as connection:
+            result = connection.execute(text(expanded))
+            columns, rows = list(result.keys()), result.all()
+    finally:
+        engine.dispose()
+    assert columns == list(build.FLAGGED_RECORDS_COLUMNS)
+    assert len(rows) == 50
+    times = [row._mapping["scored_time"] for row in rows]
+    assert times == sorted(times, reverse=True) and times[0] == now
 
 
 def test_panels_have_unique_ids_and_targets_have_ref_ids(dashboard: dict[str, Any]) -> None:
