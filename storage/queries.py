@@ -442,15 +442,8 @@ def flagged_stats(
     counts = {index: count for index, count in session.execute(grouped)}
     per_bucket: dict[int, tuple[int, int]] | None = None
     if counted is not None and bucket_seconds % 60 == 0:
-        minute_index = _sql_bucket_index(session, StreamCountRow.minute, bucket_seconds).label(
-            "bucket"
-        )
-        sums = (
-            select(minute_index, func.sum(StreamCountRow.consumed), func.sum(StreamCountRow.scored))
-            .where(*counted)
-            .group_by(minute_index)
-        )
-        per_bucket = {i: (int(c), int(s)) for i, c, s in session.execute(sums)}
+        minute_index = _sql_bucket_index(session, StreamCountRow.minute, bucket_seconds)
+        per_bucket = _consumed_and_scored(session, minute_index.label("bucket"), counted)
     step = timedelta(seconds=bucket_seconds)
     try:  # buckets are aligned to the epoch: the first may start before year 1
         buckets = tuple(
@@ -486,6 +479,20 @@ def _counts_conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]] | None:
     return conditions
 
 
+def _consumed_and_scored(
+    session: Session,
+    key: ColumnElement[Any] | InstrumentedAttribute[Any],
+    counted: list[ColumnElement[bool]],
+) -> dict[Any, tuple[int, int]]:
+    """Summed stream counts (consumed, scored) per value of ``key``."""
+    sums = (
+        select(key, func.sum(StreamCountRow.consumed), func.sum(StreamCountRow.scored))
+        .where(*counted)
+        .group_by(key)
+    )
+    return {k: (int(c), int(s)) for k, c, s in session.execute(sums)}
+
+
 def _topic_counts(
     session: Session,
     conditions: list[ColumnElement[bool]],
@@ -498,18 +505,9 @@ def _topic_counts(
             .group_by(FlaggedRecordRow.topic)
         ).all()
     )
-    seen: dict[str, tuple[int, int]] = {}
-    if counted is not None:
-        sums = (
-            select(
-                StreamCountRow.topic,
-                func.sum(StreamCountRow.consumed),
-                func.sum(StreamCountRow.scored),
-            )
-            .where(*counted)
-            .group_by(StreamCountRow.topic)
-        )
-        seen = {topic: (int(c), int(s)) for topic, c, s in session.execute(sums)}
+    seen = (
+        _consumed_and_scored(session, StreamCountRow.topic, counted) if counted is not None else {}
+    )
     total = sum(flagged.values())
     order = sorted(set(flagged) | set(seen), key=lambda t: (-flagged.get(t, 0), t))
     return tuple(
