@@ -123,8 +123,9 @@ def test_replay_without_a_broker_is_one_clear_line(tmp_path: Path) -> None:
     ]
 
 
-def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
-    proc = run(
+def consume_without_a_model(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`consume` with a model directory that does not exist, no broker and a fresh SQLite file."""
+    return run(
         "consume",
         "--model",
         tmp_path / "nope",
@@ -134,7 +135,12 @@ def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
         "t",
         "--db",
         f"sqlite:///{tmp_path / 'x.db'}",
+        *extra,
     )
+
+
+def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
+    proc = consume_without_a_model(tmp_path)
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -143,18 +149,8 @@ def test_consume_with_a_bad_model_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_an_unknown_kafka_setting_is_one_clear_line(tmp_path: Path) -> None:
-    proc = run(
-        "consume",
-        "--model",
-        tmp_path / "nope",
-        "--bootstrap",
-        "127.0.0.1:1",
-        "--topic",
-        "t",
-        "--db",
-        f"sqlite:///{tmp_path / 'x.db'}",
-        "--kafka-option",
-        "ssl_ciphers=A,B,max_poll_intervall_ms=9",
+    proc = consume_without_a_model(
+        tmp_path, "--kafka-option", "ssl_ciphers=A,B,max_poll_intervall_ms=9"
     )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
