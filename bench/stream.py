@@ -93,14 +93,16 @@ def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None 
     replay_to(bootstrap, values, topic, rate=rate, acks=1)
 
 
-def raw_ceiling(bootstrap: str, topic: str, n: int, max_records: int) -> float:
+def raw_ceiling(
+    bootstrap: str, topic: str, n: int, max_records: int, group: str = "bench-raw"
+) -> float:
     """Records/s of a plain consumer-group member: poll, orjson decode, commit per batch.
     With the same garbage-collector policy as the service (start-up heap frozen)."""
     latentwatch.service.freeze_startup_heap()
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
-        group_id="bench-raw",
+        group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=6000,

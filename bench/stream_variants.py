@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,17 @@ import msgspec
 import numpy as np
 import orjson
 import torch
-from kafka import KafkaConsumer
 from machine import describe
-from stream import PARTITIONS, end_to_end_rate, produce, records, wait_consumed
+from stream import (
+    MAX_RECORDS,
+    PARTITIONS,
+    end_to_end_rate,
+    produce,
+    raw_ceiling,
+    records,
+    wait_consumed,
+)
 
-import latentwatch.service
 import streams.consumer as consumer_module
 from detector import artifact
 from detector.detector import Detector
@@ -113,46 +119,17 @@ def typed_score_messages(
 
 
 def deferred_process(self: ConsumerLoop, messages: Sequence[Any], stop: Any) -> None:
-    """ConsumerLoop.process that writes and commits once per FLUSH_RECORDS or FLUSH_INTERVAL_S
-    while polls come back full (and at once when one does not)."""
-    c = consumer_module
+    """ConsumerLoop.process that persists and commits once per FLUSH_RECORDS or
+    FLUSH_INTERVAL_S while polls come back full (and at once when one does not)."""
     started = time.perf_counter()
-    now = datetime.fromtimestamp(self.clock(), UTC)
-    s = self.settings
-    batches = [
-        c.score_messages(
-            topic, msgs, self.detector, s.policy, now, explained_features=s.explained_features
-        )
-        for topic, msgs in c._group_by_topic(messages).items()
-    ]
-    p = self.__dict__.setdefault(
-        "_pending", {"batches": [], "counts": [], "offsets": {}, "messages": [], "at": started}
-    )
-    p["batches"] += batches
-    p["counts"] += c._stream_counts(batches, now)
+    p = self.__dict__.setdefault("_pending", {"batches": [], "messages": [], "at": started})
+    p["batches"] += self.score(messages)
     p["messages"] += messages
-    for key, offset in c._next_offsets(messages).items():
-        p["offsets"][key] = max(p["offsets"].get(key, 0), offset)
-    full = len(messages) >= s.max_records
+    full = len(messages) >= self.settings.max_records
     if full and len(p["messages"]) < FLUSH_RECORDS and started - p["at"] < FLUSH_INTERVAL_S:
         return
     del self.__dict__["_pending"]
-    flagged = [r for b in p["batches"] for r in b.flagged]
-    rejected = [r for b in p["batches"] for r in b.rejections]
-    self.sink.count(p["counts"])
-    stored, unstorable = self._store(flagged, p["messages"], stop)
-    rejected += unstorable
-    if rejected:
-        self._retry(
-            lambda: self.dead_letters.send(rejected),
-            "publishing dead letters",
-            stop,
-            on_error=self.metrics.deadletter_error,
-        )
-    committed_at = self.clock()
-    if not self.source.commit(p["offsets"]):
-        self.metrics.commit_failure()
-    self._account(p["batches"], unstorable, stored, committed_at, time.perf_counter() - p["at"])
+    self.persist_and_commit(p["batches"], p["messages"], p["at"], stop)
 
 
 @contextmanager
@@ -167,36 +144,6 @@ def variant(typed: bool, deferred: bool) -> Iterator[None]:
     finally:
         ConsumerLoop.process = shipped_process  # type: ignore[method-assign]
         consumer_module.score_messages = shipped_score
-
-
-def raw_rate(bootstrap: str, topic: str, n: int, group: str) -> float:
-    """bench/stream.py's raw ceiling, in a group of its own for each round."""
-    latentwatch.service.freeze_startup_heap()
-    consumer = KafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-        fetch_max_wait_ms=50,
-        metrics_enabled=False,
-    )
-    seen, first = 0, 0.0
-    try:
-        while seen < n:
-            batch = consumer.poll(timeout_ms=1000, max_records=2000)
-            for messages in batch.values():
-                first = first or time.perf_counter()
-                for m in messages:
-                    orjson.loads(m.value)
-                seen += len(messages)
-            if batch:
-                consumer.commit()
-        return n / (time.perf_counter() - first)
-    finally:
-        consumer.close()
 
 
 VARIANTS: dict[str, tuple[bool, bool]] = {
@@ -224,7 +171,9 @@ def main() -> None:
         ensure_topics(broker.bootstrap, ["bench"], partitions=PARTITIONS)
         produce(broker.bootstrap, "bench", values)
         for round_ in range(args.rounds):
-            rates["raw"].append(raw_rate(broker.bootstrap, "bench", args.records, f"raw-{round_}"))
+            rates["raw"].append(
+                raw_ceiling(broker.bootstrap, "bench", args.records, MAX_RECORDS, f"raw-{round_}")
+            )
             for name, (typed, deferred) in VARIANTS.items():
                 settings = ConsumeSettings(
                     model=workdir / "model",

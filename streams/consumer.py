@@ -184,14 +184,29 @@ class ConsumerLoop:
     def process(self, messages: Sequence[Message], stop: threading.Event) -> None:
         """Handle one polled batch end to end; raises Stopped if shutdown interrupts a retry."""
         started = time.perf_counter()
+        self.persist_and_commit(self.score(messages), messages, started, stop)
+
+    def score(self, messages: Sequence[Message]) -> list[TopicBatch]:
+        """Decode, score and explain; pure apart from the model's forward pass."""
         now = datetime.fromtimestamp(self.clock(), UTC)
         s = self.settings
-        batches = [
+        return [
             score_messages(
                 topic, msgs, self.detector, s.policy, now, explained_features=s.explained_features
             )
             for topic, msgs in _group_by_topic(messages).items()
         ]
+
+    def persist_and_commit(
+        self,
+        batches: list[TopicBatch],
+        messages: Sequence[Message],
+        started: float,
+        stop: threading.Event,
+    ) -> None:
+        """Flagged records to the database and rejections to dead letters, then the offsets of
+        ``messages``, then the accounting (``started``: ``perf_counter`` when work began)."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
         flagged = [r for b in batches for r in b.flagged]
         rejected = [r for b in batches for r in b.rejections]
         self.sink.count(_stream_counts(batches, now))
