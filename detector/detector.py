@@ -197,6 +197,6 @@ def _forward(vae: VAE, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means and their reconstructions (deterministic: no sampling at scoring time)."""
     with torch.inference_mode():
         x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-        mean, _ = vae.encode(x)
+        mean = vae.encode_mean(x)
         recon = vae.decode(mean)
     return mean.numpy().astype(np.float64), recon.numpy()

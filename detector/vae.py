@@ -49,6 +49,11 @@ class VAE(nn.Module):
         logvar = self.to_logvar(hidden).clamp(-_LOGVAR_BOUND, _LOGVAR_BOUND)
         return self.to_mean(hidden), logvar
 
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior mean alone: all that scoring uses."""
+        mean: torch.Tensor = self.to_mean(self.encoder(x))
+        return mean
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.decoder(z)
         return out
