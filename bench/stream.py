@@ -7,7 +7,8 @@ breast-cancer set resampled, 5 % malignant):
    orjson and commits after every batch, nothing else;
 2. latentwatch end to end on the same topic: consume, decode, validate, score, persist flagged
    records to SQLite (or PostgreSQL with --postgres), dead-letter, commit (the consumer in
-   this process, like the baseline);
+   this process, like the baseline); then the same with orjson decoding only (without the
+   typed fast path of streams/typed.py);
 3. end-to-end latency (message timestamp -> batch committed) at a steady --rate;
 4. peak RSS of a `latentwatch consume` process that consumes the whole topic;
 5. scale-out: two `latentwatch consume` processes in one group over the same topic.
@@ -15,6 +16,7 @@ breast-cancer set resampled, 5 % malignant):
     python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
     python bench/stream.py --stages   # where the time goes: microseconds per record per stage
     python bench/stream.py --no-freeze  # without the consumer's garbage-collector freeze
+    python bench/stream.py --stages --no-typed-decoding  # the stages of the orjson path
     python bench/stream.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
         # flagged records to PostgreSQL: each run gets a throwaway database on that server
 """
@@ -185,6 +187,7 @@ def consumer_processes(
                 str(port),
                 "--max-records",
                 str(settings.max_records),
+                "--typed-decoding" if settings.typed_decoding else "--no-typed-decoding",
                 "--log-level",
                 "warning",
             ],
@@ -228,9 +231,11 @@ def consumer_processes(
 # looked up at call time, so the real consumer runs with timers around each.
 STAGES = (
     ("streams.kafka", "KafkaSource.poll", "kafka-python fetch and record unpacking (poll)"),
+    ("streams.typed", "TypedDecoder.columns", "typed decoding into columns (msgspec)"),
     ("streams.scoring", "decode_all", "JSON decoding and message checks (decode_all)"),
     ("detector.encoding", "numeric_block", "fields out of the dicts into a matrix (numeric_block)"),
     ("detector.encoding", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
+    ("detector.detector", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
     ("detector.detector", "Detector.score_encoded", "model maths (score_encoded)"),
     ("streams.scoring", "flagged_records", "explaining and building the flagged records"),
     ("streams.sql_sink", "SqlSink.write", "writing them to the database (one transaction a batch)"),
@@ -293,6 +298,11 @@ def main() -> None:
         help="do not freeze the start-up heap (raw and in-process runs): what the freeze buys",
     )
     parser.add_argument(
+        "--no-typed-decoding",
+        action="store_true",
+        help="latentwatch with orjson decoding only (consume --no-typed-decoding)",
+    )
+    parser.add_argument(
         "--postgres",
         metavar="URL",
         help="write flagged records to PostgreSQL: a throwaway database per run on this server",
@@ -324,6 +334,7 @@ def main() -> None:
             group="bench-e2e",
             metrics_port=None,
             max_records=args.max_records,
+            typed_decoding=not args.no_typed_decoding,
         )
         with BackgroundConsumer(settings) as consumer:
             wait_consumed(consumer, args.records, timeout_s=300)
@@ -341,6 +352,13 @@ def main() -> None:
             for label, seconds in spent.items():
                 print(f"| {label} | {seconds / args.records * 1e6:.1f} |")
             return
+
+        orjson_settings = replace(
+            settings, db=database("e2e-orjson"), group="bench-e2e-orjson", typed_decoding=False
+        )
+        with BackgroundConsumer(orjson_settings) as consumer:
+            wait_consumed(consumer, args.records, timeout_s=300)
+        e2e_orjson = end_to_end_rate(consumer.reports)
 
         latency_settings = replace(
             settings,
@@ -372,6 +390,10 @@ def main() -> None:
     print(f"| latentwatch end to end | {e2e:,.0f} records/s |")
     print(f"| slowest batch of the end-to-end run | {slowest * 1000:.0f} ms |")
     print(f"| ratio (target >= 0.75) | {e2e / raw:.2f} |")
+    print(
+        f"| the same with orjson decoding only (--no-typed-decoding) | {e2e_orjson:,.0f} "
+        f"records/s, ratio {e2e_orjson / raw:.2f} |"
+    )
     print(
         f"| latency p50 / p99 at {args.rate:,.0f} records/s (target p99 < 100 ms) "
         f"| {p50:.1f} / {p99:.1f} ms |"

@@ -316,6 +316,13 @@ def consume(
         int, typer.Option(envvar=_env("METRICS_PORT"), help="Prometheus /metrics port; -1: off")
     ] = 9464,
     max_records: Annotated[int, typer.Option(envvar=_env("MAX_RECORDS"), help="Per poll")] = 2000,
+    typed_decoding: Annotated[
+        bool,
+        typer.Option(
+            envvar=_env("TYPED_DECODING"),
+            help="Decode batches of known fields straight into the model's columns (msgspec)",
+        ),
+    ] = True,
     session_timeout_ms: Annotated[int, typer.Option(envvar=_env("SESSION_TIMEOUT_MS"))] = 6000,
     max_message_bytes: Annotated[int, typer.Option(envvar=_env("MAX_MESSAGE_BYTES"))] = 1_048_576,
     explain_features: Annotated[
@@ -358,6 +365,7 @@ def consume(
         metrics_host=metrics_host,
         metrics_port=None if metrics_port < 0 else metrics_port,
         max_records=max_records,
+        typed_decoding=typed_decoding,
         session_timeout_ms=session_timeout_ms,
         max_message_bytes=max_message_bytes,
         explained_features=explain_features,

@@ -58,6 +58,7 @@ class ConsumeSettings:
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9464  # None: no endpoint; 0: any free port
     max_records: int = 2000
+    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py)
     poll_timeout_s: float = 0.5
     session_timeout_ms: int = 6000
     max_message_bytes: int = 1_048_576
@@ -153,6 +154,7 @@ def run_consumer(
                 poll_timeout_s=settings.poll_timeout_s,
                 explained_features=settings.explained_features,
                 max_records=settings.max_records,
+                typed_decoding=settings.typed_decoding,
                 policy=DecodePolicy(
                     max_bytes=settings.max_message_bytes,
                     required_fields=settings.required_fields,

@@ -30,11 +30,11 @@ from streams.messages import (
     DecodePolicy,
     Message,
     Rejection,
-    timestamp_ms,
 )
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
 from streams.scoring import EXPLAINED_FEATURES, TopicBatch, score_messages
+from streams.typed import TypedDecoder
 
 log = logging.getLogger("latentwatch.consumer")
 
@@ -78,6 +78,7 @@ class LoopSettings:
     retry_max_s: float = 10.0
     policy: DecodePolicy = field(default_factory=DecodePolicy)
     explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
+    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class RunTotals:
 
 
 def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
+    topics = {m.topic for m in messages}
+    if len(topics) == 1:  # the usual consumer of one topic
+        return {topics.pop(): list(messages)}
     groups: dict[str, list[Message]] = defaultdict(list)
     for message in messages:
         groups[message.topic].append(message)
@@ -129,11 +133,15 @@ def _stream_counts(batches: Sequence[TopicBatch], now: datetime) -> list[StreamC
 
 
 def _next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
-    offsets: dict[tuple[str, int], int] = {}
-    for m in messages:
-        key = (m.topic, m.partition)
-        offsets[key] = max(offsets.get(key, 0), m.offset + 1)
-    return offsets
+    """Per partition, the offset after its last message (a poll gives each partition's
+    messages in offset order): where the group resumes."""
+    return {(m.topic, m.partition): m.offset + 1 for m in messages}
+
+
+def _timestamps_ms(parts: list[np.ndarray]) -> np.ndarray:
+    """Kafka timestamps in ms as integers, -1 where a message had none (timestamp_ms)."""
+    ms = np.concatenate(parts) if parts else np.empty(0)
+    return np.where(np.isnan(ms), -1, ms).astype(np.int64)
 
 
 class ConsumerLoop:
@@ -157,6 +165,7 @@ class ConsumerLoop:
         self.clock = clock
         self.on_batch = on_batch
         self.totals = RunTotals()
+        self._typed = TypedDecoder(detector.schema) if self.settings.typed_decoding else None
 
     def run(self, stop: threading.Event) -> RunTotals:
         while not stop.is_set():
@@ -192,7 +201,13 @@ class ConsumerLoop:
         s = self.settings
         return [
             score_messages(
-                topic, msgs, self.detector, s.policy, now, explained_features=s.explained_features
+                topic,
+                msgs,
+                self.detector,
+                s.policy,
+                now,
+                explained_features=s.explained_features,
+                typed=self._typed,
             )
             for topic, msgs in _group_by_topic(messages).items()
         ]
@@ -286,7 +301,7 @@ class ConsumerLoop:
     ) -> None:
         m = self.metrics
         extra = Counter(r.message.topic for r in unstorable)
-        timestamps: list[int] = []
+        timestamps: list[np.ndarray] = []
         for b in batches:
             m.record_consumed(b.topic, b.consumed)
             reasons = Counter(r.reason for r in b.rejections)
@@ -306,11 +321,11 @@ class ConsumerLoop:
                     clusters=s.cluster,
                     p_values=s.p_value,
                 )
-            ts = [timestamp_ms(msg) for msg in b.scored_messages]
-            ts += [timestamp_ms(r.message) for r in b.rejections]
-            times = np.array([t / 1000.0 if t >= 0 else np.nan for t in ts])
-            m.record_persisted(b.topic, times, committed_at)
-            timestamps += ts
+            done = [*b.scored_messages, *(r.message for r in b.rejections)]
+            ms = np.array([msg.timestamp for msg in done], dtype=np.float64)  # None: nan
+            ms[ms < 0] = np.nan  # -1: the broker gave none
+            m.record_persisted(b.topic, ms / 1000.0, committed_at)
+            timestamps.append(ms)
         m.batch_done(duration_s, self.clock())
         self._publish_lag()
 
@@ -335,7 +350,7 @@ class ConsumerLoop:
                     stored,
                     committed_at,
                     duration_s,
-                    np.array(timestamps, dtype=np.int64),
+                    _timestamps_ms(timestamps),
                 )
             )
 

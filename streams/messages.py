@@ -94,6 +94,11 @@ class DecodePolicy:
     # Accepted values of the `schema-version` header / `schema_version` field; empty: any.
     schema_versions: tuple[str, ...] = ()
 
+    @property
+    def plain(self) -> bool:
+        """Only the size limit applies: a JSON object within it is a record."""
+        return not self.required_fields and not self.schema_versions
+
 
 def decode(message: Message, policy: DecodePolicy) -> dict[str, Any] | Rejection:  # noqa: PLR0911
     """The message's JSON object, or why it is not a usable record."""
@@ -135,7 +140,7 @@ def decode_all(
     records: list[dict[str, Any]] = []
     decoded: list[Message] = []
     rejections: list[Rejection] = []
-    plain = not policy.required_fields and not policy.schema_versions
+    plain = policy.plain
     max_bytes = policy.max_bytes
     loads, json_error = orjson.loads, orjson.JSONDecodeError
     for message in messages:

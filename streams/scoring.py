@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import orjson
 
 from detector.detector import Detector
 from detector.explain import explain_rows
@@ -24,6 +25,7 @@ from streams.messages import (
     decode_all,
     timestamp_ms,
 )
+from streams.typed import TypedDecoder
 
 EXPLAINED_FEATURES = 5
 # The scores a flagged record stores: the fields a FlaggedRecord shares with a ScoreBatch.
@@ -69,18 +71,17 @@ def message_time(message: Message) -> datetime | None:
 def flagged_records(
     detector: Detector,
     messages: Sequence[Message],
-    records: Sequence[Mapping[str, Any]],
     scores: ScoreBatch,
     *,
     rows: np.ndarray,
+    chosen: Sequence[Mapping[str, Any]],
     now: datetime,
     explained_features: int = EXPLAINED_FEATURES,
 ) -> list[FlaggedRecord]:
-    """Storage rows for the scored ``rows`` (indices into ``scores``, ``messages`` and
-    ``records``), explained in one batch; numpy columns become Python lists once, not one scalar
-    at a time."""
+    """Storage rows for the scored ``rows`` (indices into ``scores`` and ``messages``), whose
+    decoded records are ``chosen`` (one per row), explained in one batch; numpy columns become
+    Python lists once, not one scalar at a time."""
     schema = detector.schema
-    chosen = [records[i] for i in rows.tolist()]
     explanations = explain_rows(
         schema,
         detector.latent_map,
@@ -125,10 +126,18 @@ def score_messages(
     now: datetime,
     *,
     explained_features: int = EXPLAINED_FEATURES,
+    typed: TypedDecoder | None = None,
 ) -> TopicBatch:
     """Decode and score one topic's messages; bad ones become rejections, never exceptions.
     Flagged records are explained by their ``explained_features`` most surprising fields (0:
-    every field)."""
+    every field). With a ``typed`` decoder for the model, a batch it takes skips the dicts;
+    its flagged records are decoded by orjson like any other."""
+    if typed is not None and policy.plain:
+        batch = _score_typed(
+            topic, messages, detector, typed, policy.max_bytes, now, explained_features
+        )
+        if batch is not None:
+            return batch
     records, decoded_messages, rejections = decode_all(messages, policy)
     fields = frozenset(detector.schema.names)
     if any(map(fields.isdisjoint, records)):  # rare: set aside records with none of the fields
@@ -147,14 +156,45 @@ def score_messages(
     scores = detector.score_records(records)
     for i in np.flatnonzero(~scores.valid):
         rejections.append(Rejection(decoded_messages[i], WRONG_TYPE, str(scores.reasons[i])))
+    rows = np.flatnonzero(scores.flagged)
     flagged = flagged_records(
         detector,
         decoded_messages,
-        records,
         scores,
-        rows=np.flatnonzero(scores.flagged),
+        rows=rows,
+        chosen=[records[i] for i in rows.tolist()],
         now=now,
         explained_features=explained_features,
     )
     scored = [m for m, ok in zip(decoded_messages, scores.valid, strict=True) if ok]
     return TopicBatch(topic, len(messages), rejections, scored, scores, flagged)
+
+
+def _score_typed(  # noqa: PLR0917  (a private step of score_messages, called once)
+    topic: str,
+    messages: Sequence[Message],
+    detector: Detector,
+    typed: TypedDecoder,
+    max_bytes: int,
+    now: datetime,
+    explained_features: int,
+) -> TopicBatch | None:
+    """The batch scored from typed columns, or None if the typed decoder declines it."""
+    values = [m.value for m in messages]
+    columns = typed.columns(values, max_bytes)
+    if columns is None:
+        return None
+    scores = detector.score_columns(columns, len(messages))
+    if not scores.valid.all():  # the decoder took only values the schema accepts
+        return None
+    rows = np.flatnonzero(scores.flagged)
+    flagged = flagged_records(
+        detector,
+        messages,
+        scores,
+        rows=rows,
+        chosen=[orjson.loads(cast(bytes, values[i])) for i in rows.tolist()],
+        now=now,
+        explained_features=explained_features,
+    )
+    return TopicBatch(topic, len(messages), [], list(messages), scores, flagged)

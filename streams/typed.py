@@ -1,0 +1,95 @@
+"""The fast path of decoding a micro-batch: each JSON value straight into a typed struct of the
+model's fields (msgspec), with no dict per record and no second pass to take the fields out of
+it. Decoding and field extraction were the consumer's largest cost beyond the raw Kafka loop
+(docs/benchmarks.md).
+
+It gives a batch the verdict of the orjson path (:func:`streams.messages.decode_all`, then the
+schema's type checks in :mod:`detector.encoding`) or no verdict at all. It takes a batch only
+when every message is a JSON object within the size limit whose fields are all known from
+training (the features and the id, timestamp, excluded and dropped columns), with values of the
+types the schema accepts, and at least one feature present. Anything else returns None and the
+caller takes the orjson path, which finds out which message is bad and why. Because unknown
+fields are refused rather than skipped, msgspec decodes every value of a batch it takes in full,
+and its checks (UTF-8, surrogates, number range, nesting depth) are at least as strict as
+orjson's; ``tests/streams/test_streams_typed.py`` checks the equivalence on generated input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import chain
+from operator import itemgetter
+from typing import Annotated, Any, cast
+
+import msgspec
+import numpy as np
+
+from detector.schema import Column, Columns, FieldKind, Schema
+
+# orjson keeps integers as int within 64 bits and the encoder turns an int category into its
+# text; msgspec refuses bounds beyond int64, so larger ones take the orjson path.
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+# What the schema accepts for each kind (detector.encoding._EXPECTED), null included.
+_FIELD_TYPES: dict[FieldKind, Any] = {
+    FieldKind.NUMERIC: float | None,  # an int is taken as its float, a boolean refused
+    FieldKind.BOOLEAN: bool | None,
+    FieldKind.CATEGORICAL: str | _INT64 | None,
+}
+
+
+def known_columns(schema: Schema) -> tuple[str, ...]:
+    """Columns of the training data that are not features: a record may carry them."""
+    features = set(schema.names)
+    named = [schema.id_column, schema.timestamp_column, *schema.excluded]
+    named += [name for name, _ in schema.dropped]
+    return tuple(dict.fromkeys(n for n in named if n is not None and n not in features))
+
+
+class TypedDecoder:
+    """Decodes the values of a micro-batch into the model's columns, or declines the batch."""
+
+    def __init__(self, schema: Schema) -> None:
+        others = known_columns(schema)
+        struct = msgspec.defstruct(
+            "Record",
+            [(name, Any, None) for name in others]
+            + [(f.name, _FIELD_TYPES[f.kind], None) for f in schema.fields],
+            forbid_unknown_fields=True,
+            gc=False,  # short-lived and never in a cycle
+        )
+        self._decode = msgspec.json.Decoder(struct).decode
+        self._features = itemgetter(slice(len(others), None))
+        self._fields = schema.fields
+        self._all_numeric = all(f.kind is FieldKind.NUMERIC for f in schema.fields)
+
+    def columns(self, values: Sequence[bytes | None], max_bytes: int) -> Columns | None:
+        """The batch's feature columns (numeric ones as float64 arrays, null -> nan), or None
+        when the orjson path must judge the batch."""
+        if not values or not self._fields or None in values:
+            return None
+        payloads = cast(Sequence[bytes], values)
+        if max(map(len, payloads)) > max_bytes:
+            return None
+        decode = self._decode
+        try:
+            structs = [decode(v) for v in payloads]
+        except msgspec.DecodeError:  # not JSON, not an object, a type or field not accepted
+            return None
+        rows = list(map(self._features, map(msgspec.structs.astuple, structs)))
+        n, width = len(rows), len(self._fields)
+        if self._all_numeric:
+            block = np.array(list(chain.from_iterable(rows)), dtype=np.float64).reshape(n, width)
+            if np.isnan(block).all(axis=1).any():  # a record with none of the features
+                return None
+            return {f.name: block[:, j] for j, f in enumerate(self._fields)}
+        columns: dict[str, Column] = {}
+        present = np.zeros(n, dtype=bool)
+        for spec, values_of_field in zip(self._fields, zip(*rows, strict=True), strict=True):
+            if spec.kind is FieldKind.NUMERIC:
+                column = np.array(values_of_field, dtype=np.float64)
+                present |= ~np.isnan(column)
+                columns[spec.name] = column
+            else:
+                present |= np.fromiter((v is not None for v in values_of_field), bool, count=n)
+                columns[spec.name] = list(values_of_field)
+        return columns if present.all() else None
