@@ -75,13 +75,13 @@ class TypedDecoder:
             structs = [decode(v) for v in payloads]
         except msgspec.DecodeError:  # not JSON, not an object, a type or field not accepted
             return None
-        rows = list(map(self._features, map(msgspec.structs.astuple, structs)))
-        n, width = len(rows), len(self._fields)
+        n, width = len(structs), len(self._fields)
         if self._all_numeric:
-            block = np.array(list(chain.from_iterable(rows)), dtype=np.float64).reshape(n, width)
+            block = self._numeric_block(structs).reshape(n, width)
             if np.isnan(block).all(axis=1).any():  # a record with none of the features
                 return None
             return {f.name: block[:, j] for j, f in enumerate(self._fields)}
+        rows = list(map(self._features, map(msgspec.structs.astuple, structs)))
         columns: dict[str, Column] = {}
         present = np.zeros(n, dtype=bool)
         for spec, values_of_field in zip(self._fields, zip(*rows, strict=True), strict=True):
@@ -93,3 +93,13 @@ class TypedDecoder:
                 present |= np.fromiter((v is not None for v in values_of_field), bool, count=n)
                 columns[spec.name] = list(values_of_field)
         return columns if present.all() else None
+
+    def _numeric_block(self, structs: list[Any]) -> np.ndarray:
+        """The feature values of all records, flat: ``fromiter`` takes the floats in one pass;
+        a null (None) makes it fail, and ``np.array`` then turns nulls into nan."""
+        values = chain.from_iterable(map(self._features, map(msgspec.structs.astuple, structs)))
+        try:
+            return np.fromiter(values, dtype=np.float64, count=len(structs) * len(self._fields))
+        except TypeError:
+            rows = map(self._features, map(msgspec.structs.astuple, structs))
+            return np.array(list(chain.from_iterable(rows)), dtype=np.float64)
