@@ -139,6 +139,8 @@ def score_messages(
         if batch is not None:
             return batch
     records, decoded_messages, rejections = decode_all(messages, policy)
+    if typed is not None:
+        typed.learn(records)
     fields = frozenset(detector.schema.names)
     if any(map(fields.isdisjoint, records)):  # rare: set aside records with none of the fields
         featureless = [fields.isdisjoint(r) for r in records]

@@ -5,9 +5,10 @@ it. Decoding and field extraction were the consumer's largest cost beyond the ra
 
 It gives a batch the verdict of the orjson path (:func:`streams.messages.decode_all`, then the
 schema's type checks in :mod:`detector.encoding`) or no verdict at all. It takes a batch only
-when every message is a JSON object within the size limit whose fields are all known from
-training (the features and the id, timestamp, excluded and dropped columns), with values of the
-types the schema accepts, and at least one feature present. Anything else returns None and the
+when every message is a JSON object within the size limit whose fields are all known (the
+features; the id, timestamp, excluded and dropped columns of the training data; fields it has
+learnt from batches the orjson path judged), with values of the types the schema accepts, and
+at least one feature present. Anything else returns None and the
 caller takes the orjson path, which finds out which message is bad and why. Because unknown
 fields are refused rather than skipped, msgspec decodes every value of a batch it takes in full,
 and its checks (UTF-8, surrogates, number range, nesting depth) are at least as strict as
@@ -16,7 +17,7 @@ orjson's; ``tests/streams/test_streams_typed.py`` checks the equivalence on gene
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from itertools import chain
 from operator import itemgetter
 from typing import Annotated, Any, cast
@@ -45,22 +46,50 @@ def known_columns(schema: Schema) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for n in named if n is not None and n not in features))
 
 
+# Fields a stream's records carry beyond those of the training data (a producer that added a
+# column) are learnt, up to this many, so that they do not send every batch down the orjson path.
+MAX_LEARNT_FIELDS = 256
+
+
 class TypedDecoder:
     """Decodes the values of a micro-batch into the model's columns, or declines the batch."""
 
     def __init__(self, schema: Schema) -> None:
-        others = known_columns(schema)
+        self._fields = schema.fields
+        self._all_numeric = all(f.kind is FieldKind.NUMERIC for f in schema.fields)
+        self._others = known_columns(schema)
+        self._known = {*self._others, *schema.names}
+        self._learnt = 0
+        self._build()
+
+    def _build(self) -> None:
+        """The struct type: the other columns first (any JSON value, decoded in full), then the
+        features. Fields are named by position and renamed to their keys, which need not be
+        Python identifiers ("mean radius")."""
+        keys = [*self._others, *(f.name for f in self._fields)]
+        types = [Any] * len(self._others) + [_FIELD_TYPES[f.kind] for f in self._fields]
         struct = msgspec.defstruct(
             "Record",
-            [(name, Any, None) for name in others]
-            + [(f.name, _FIELD_TYPES[f.kind], None) for f in schema.fields],
+            [(f"f{i}", kind, None) for i, kind in enumerate(types)],
+            rename={f"f{i}": key for i, key in enumerate(keys)},
             forbid_unknown_fields=True,
             gc=False,  # short-lived and never in a cycle
         )
         self._decode = msgspec.json.Decoder(struct).decode
-        self._features = itemgetter(slice(len(others), None))
-        self._fields = schema.fields
-        self._all_numeric = all(f.kind is FieldKind.NUMERIC for f in schema.fields)
+        self._features = itemgetter(slice(len(self._others), None))
+
+    def learn(self, records: Sequence[Mapping[str, object]]) -> None:
+        """Take the fields that these records (of a batch the orjson path judged) carry beyond
+        the known ones as known from now on, up to MAX_LEARNT_FIELDS in all."""
+        unseen = set().union(*records) - self._known
+        room = MAX_LEARNT_FIELDS - self._learnt
+        if not unseen or room <= 0:
+            return
+        new = sorted(unseen)[:room]
+        self._others = (*self._others, *new)
+        self._known.update(new)
+        self._learnt += len(new)
+        self._build()
 
     def columns(self, values: Sequence[bytes | None], max_bytes: int) -> Columns | None:
         """The batch's feature columns (numeric ones as float64 arrays, null -> nan), or None

@@ -20,7 +20,7 @@ from detector.schema import SchemaOptions
 from detector.training import TrainingConfig
 from streams.messages import DecodePolicy, PlainMessage
 from streams.scoring import TopicBatch, score_messages
-from streams.typed import TypedDecoder, known_columns
+from streams.typed import MAX_LEARNT_FIELDS, TypedDecoder, known_columns
 
 COLUMNS = ("amount", "qty", "express", "country", "order_id", "ts", "label", "note")
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -75,8 +75,9 @@ def batch_of(values: list[bytes | None]) -> list[PlainMessage]:
     return [PlainMessage("t", 0, i, 1_790_000_000_000 + i, None, v) for i, v in enumerate(values)]
 
 
-def score(detector: Detector, values: list[bytes | None], typed: bool) -> TopicBatch:
-    decoder = TypedDecoder(detector.schema) if typed else None
+def score(detector: Detector, values: list[bytes | None], typed: bool | TypedDecoder) -> TopicBatch:
+    """Scored with a new typed decoder (True), a given one, or orjson only (False)."""
+    decoder = TypedDecoder(detector.schema) if typed is True else typed or None
     return score_messages("t", batch_of(values), detector, POLICY, NOW, typed=decoder)
 
 
@@ -162,6 +163,48 @@ def assert_left_to_orjson(detector: Detector, bad: bytes | None) -> None:
     values = [*ordinary(5), bad]
     assert TypedDecoder(detector.schema).columns(values, POLICY.max_bytes) is None
     assert_same(score(detector, values, True), score(detector, values, False))
+
+
+def test_fields_a_stream_adds_are_learnt_and_then_decoded_in_full(detector: Detector) -> None:
+    decoder = TypedDecoder(detector.schema)
+    values = [orjson.dumps({**orjson.loads(v or b""), "coupon": "x"}) for v in ordinary(20)]
+    assert decoder.columns(values, POLICY.max_bytes) is None  # unknown: the orjson path
+    assert_same(score(detector, values, decoder), score(detector, values, False))
+    assert decoder.columns(values, POLICY.max_bytes) is not None  # learnt
+    assert_same(score(detector, values, decoder), score(detector, values, False))
+    # a learnt field is decoded in full, like the columns of the training data
+    bad = [*values, b'{"amount": 1, "coupon": [1e999]}']
+    assert decoder.columns(bad, POLICY.max_bytes) is None
+    assert_same(score(detector, bad, decoder), score(detector, bad, False))
+
+
+def test_at_most_so_many_fields_are_learnt(numeric: Detector) -> None:
+    decoder = TypedDecoder(numeric.schema)
+    many = [orjson.dumps({"amount": 1.0, f"k{i}": i}) for i in range(MAX_LEARNT_FIELDS + 50)]
+    score(numeric, many, decoder)
+    taken = [decoder.columns([v], POLICY.max_bytes) is not None for v in many]
+    assert sum(taken) == MAX_LEARNT_FIELDS
+
+
+def test_field_names_need_not_be_python_identifiers() -> None:
+    columns = reference_columns()
+    renamed = {
+        "mean amount": columns["amount"],
+        "class": columns["qty"],
+        "order id": columns["order_id"],
+    }
+    model = Detector.fit(
+        renamed,
+        SchemaOptions(id_column="order id"),
+        DetectorConfig(training=TrainingConfig(max_steps=200, min_steps=100, patience=3)),
+    )
+    values: list[bytes | None] = [
+        orjson.dumps({k: v[i] for k, v in renamed.items()}) for i in range(30)
+    ]
+    decoder = TypedDecoder(model.schema)
+    assert decoder.columns(values, POLICY.max_bytes) is not None
+    assert decoder.columns([b'{"f0": 1.0, "f1": 2}'], POLICY.max_bytes) is None
+    assert_same(score(model, values, decoder), score(model, values, False))
 
 
 # Generated JSON text, built by hand so that it can hold what serializers never write.
@@ -287,4 +330,8 @@ def test_typed_and_orjson_paths_agree_on_each_generated_value(
 def test_typed_and_orjson_paths_agree_on_generated_batches(
     detector: Detector, values: list[bytes | None]
 ) -> None:
-    assert_same(score(detector, values, True), score(detector, values, False))
+    """Twice with the same decoder: the second time with what it learnt from the first."""
+    decoder = TypedDecoder(detector.schema)
+    shipped = score(detector, values, False)
+    assert_same(score(detector, values, decoder), shipped)
+    assert_same(score(detector, values, decoder), shipped)
