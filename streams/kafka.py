@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -40,6 +41,9 @@ log = logging.getLogger("latentwatch.kafka")
 DEADLETTER_SUFFIX = ".deadletter"
 # A commit that cannot reach the coordinator gives up after this; the batch is redelivered.
 _COMMIT_TIMEOUT_MS = 10_000
+# Without a group coordinator for this long, the consumer says so in its log: kafka-python
+# reconnects on its own, and only in log lines of its own that the CLI keeps quiet.
+OUTAGE_NOTICE_S = 5.0
 
 
 class KafkaSettingsError(LatentwatchError):
@@ -216,6 +220,8 @@ class KafkaSource:
             stop,
         )
         self._consumer: KafkaConsumer | None = consumer
+        self._lost_since: float | None = None  # monotonic time the coordinator went missing
+        self._outage_noticed = False
         if consumer is not None:
             consumer.subscribe(list(settings.topics), listener=_Rebalance(on_revoked))
 
@@ -230,7 +236,28 @@ class KafkaSource:
             polled = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         except KafkaError as exc:  # e.g. not authorised on a topic, a corrupt record
             raise Unavailable(f"polling Kafka: {type(exc).__name__}: {exc}") from exc
+        self._watch_coordinator(time.monotonic())
         return list(chain.from_iterable(polled.values()))
+
+    def _watch_coordinator(self, now: float) -> None:
+        """One warning when the group coordinator has been unknown (the broker is down or
+        unreachable) for OUTAGE_NOTICE_S, one line when it is back. Reads kafka-python's
+        coordinator id, which its own polls clear on a lost connection and set on recovery
+        (no public API tells)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if getattr(coordinator, "coordinator_id", 0) is not None:
+            if self._outage_noticed and self._lost_since is not None:
+                log.info("Kafka reachable again after %.0f s", now - self._lost_since)
+            self._lost_since, self._outage_noticed = None, False
+        elif self._lost_since is None:
+            self._lost_since = now
+        elif not self._outage_noticed and now - self._lost_since >= OUTAGE_NOTICE_S:
+            self._outage_noticed = True
+            log.warning(
+                "no Kafka group coordinator for %.0f s (broker down or unreachable?): "
+                "reconnecting with backoff; nothing is consumed or committed meanwhile",
+                now - self._lost_since,
+            )
 
     def commit(self, offsets: Offsets) -> bool:
         assert self._consumer is not None

@@ -4,6 +4,7 @@ flagged record exactly once. Each test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import threading
@@ -12,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 import pytest
 from cancer_model import Model
 from sqlalchemy.engine import make_url
@@ -21,6 +23,7 @@ from stream_harness import (
     encode,
     process_consumer,
     produce,
+    producer,
     read_topic,
     settings,
     stored_rows,
@@ -28,7 +31,8 @@ from stream_harness import (
     wait_until,
 )
 
-from latentwatch.embedded import EmbeddedBroker
+import streams.kafka
+from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import ConsumeSettings
 from streams.kafka import ensure_topics
 
@@ -165,9 +169,19 @@ def test_two_consumers_split_partitions_and_one_leaves(
     assert_exactly_once(db_url, topic, model.flagged_ids(first + second))
 
 
-def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_path: Path) -> None:
+def test_broker_restart_mid_stream(
+    model: Model,
+    topic: str,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """A broker that loses its log (memory storage) restarts mid-stream. Records it acknowledged
-    after coming back must all be processed; nothing is stored twice."""
+    after coming back must all be processed; nothing is stored twice; the consumer's log says
+    the broker went away and came back."""
+    monkeypatch.setattr(streams.kafka, "OUTAGE_NOTICE_S", 1.0)
+    caplog.set_level(logging.INFO, logger="latentwatch")
     with EmbeddedBroker(log_path=tmp_path / "tansu.log") as own:
         ensure_topics(own.bootstrap, [topic], partitions=2)
         s = settings(model.path, own.bootstrap, topic, db_url, group=f"g-{topic}")
@@ -176,7 +190,7 @@ def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_pa
         with thread_consumer(s) as consumer:
             produce(own.bootstrap, topic, encode(before))
             wait_until(lambda: consumer.consumed >= len(before), 30, "records before the restart")
-            own.restart(down_s=1.0)
+            own.restart(down_s=3.0)
             ensure_topics(own.bootstrap, [topic], partitions=2)  # memory storage lost the topic
             produce(own.bootstrap, topic, encode(after))
             wait_until(
@@ -188,6 +202,31 @@ def test_broker_restart_mid_stream(model: Model, topic: str, db_url: str, tmp_pa
                 "every flagged record sent after the restart",
             )
     assert_exactly_once(db_url, topic, model.flagged_ids(before + after))
+    assert "no Kafka group coordinator for" in caplog.text
+    assert "Kafka reachable again after" in caplog.text
+
+
+def test_a_consumer_started_before_its_broker_waits_for_it(
+    model: Model, topic: str, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Broker down at start: the consumer keeps trying, with one log line per attempt, and
+    consumes once the broker is there."""
+    caplog.set_level(logging.WARNING, logger="latentwatch")
+    own = EmbeddedBroker(port=free_port(), log_path=tmp_path / "tansu.log")
+    s = settings(model.path, own.bootstrap, topic, db_url, group=f"g-{topic}")
+    records = stream_of(model, 300, 15, seed=11)
+    consumer = thread_consumer(s).start()
+    try:
+        wait_until(lambda: "reaching Kafka failed" in caplog.text, 30, "a failed attempt")
+        own.start()
+        ensure_topics(own.bootstrap, [topic], partitions=2)
+        produce(own.bootstrap, topic, encode(records))
+        wait_until(lambda: consumer.consumed >= len(records), 60, "the records")
+        consumer.close()
+    finally:
+        consumer.stop.set()
+        own.stop()
+    assert_exactly_once(db_url, topic, model.flagged_ids(records))
 
 
 def _sqlite_path(db_url: str) -> str:
@@ -304,4 +343,46 @@ def test_malformed_messages_go_to_dead_letters_with_their_reason(
     for reason, n in rejected.items():
         assert n == counted.get(reason, 0), reason
     assert sum(rejected.values()) == len(corpus)
+    assert_exactly_once(db_url, topic, model.flagged_ids(valid))
+
+
+def test_required_fields_and_schema_versions_send_records_to_dead_letters(
+    model: Model, broker: EmbeddedBroker, topic: str, db_url: str
+) -> None:
+    """The policy checks against the real broker: a record without a required field, or with a
+    schema version the consumer does not accept (field or header), is dead-lettered with its
+    reason; the others are scored."""
+    valid = stream_of(model, 100, 5, seed=12)
+    field = model.detector.schema.names[0]
+    bad: dict[bytes, str] = {
+        b'{"%s": 1.0}' % field.encode(): "missing_required",  # no id
+        b'{"id": "v2", "schema_version": "2", "%s": 1.0}' % field.encode(): (
+            "unknown_schema_version"
+        ),
+    }
+    ensure_topics(broker.bootstrap, [topic], partitions=2)
+    s = settings(
+        model.path,
+        broker.bootstrap,
+        topic,
+        db_url,
+        group=f"g-{topic}",
+        required_fields=("id",),
+        schema_versions=("1",),
+    )
+    header_version = orjson.dumps(dict(valid[0], id="by-header"))
+    with thread_consumer(s) as consumer:
+        produce(broker.bootstrap, topic, [*encode(valid), *bad])
+        p = producer(broker.bootstrap)
+        try:
+            p.send(topic, value=header_version, headers=[("schema-version", b"7")]).get(30)
+        finally:
+            p.close(timeout=5)
+        total = len(valid) + len(bad) + 1
+        wait_until(lambda: consumer.consumed >= total, 30, "every message")
+        scored = consumer.metric("latentwatch_records_scored_total", topic=topic)
+    assert scored == len(valid)
+    letters = read_topic(broker.bootstrap, f"{topic}.deadletter", expected=len(bad) + 1)
+    reasons = {m.value: dict(m.headers)["latentwatch-reason"].decode() for m in letters}
+    assert reasons == {**bad, header_version: "unknown_schema_version"}
     assert_exactly_once(db_url, topic, model.flagged_ids(valid))
