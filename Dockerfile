@@ -22,8 +22,7 @@ RUN pip install --no-cache-dir "/src${EXTRAS:+[$EXTRAS]}"
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1 \
-    LATENTWATCH_HEALTHCHECK_URL=http://127.0.0.1:9464/metrics
+    PYTHONDONTWRITEBYTECODE=1
 RUN groupadd --system --gid 10001 latentwatch \
     && useradd --no-log-init --system --uid 10001 --gid 10001 --home-dir /app --create-home latentwatch
 COPY --from=builder /opt/venv /opt/venv
@@ -31,9 +30,10 @@ WORKDIR /app
 USER 10001:10001
 # 9464: consumer metrics (/metrics); 8000: query API.
 EXPOSE 9464 8000
-# The consumer answers on its metrics port; the api service sets LATENTWATCH_HEALTHCHECK_URL to
-# its own endpoint. One-shot commands (train, score, db upgrade) exit before it matters.
+# Only a serving command has something to probe, on a port of its own: the service that runs
+# `consume` or `api` sets LATENTWATCH_HEALTHCHECK_URL (compose.yaml does); without it the check
+# passes, so a one-shot or unconfigured container never reports a false "unhealthy".
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['LATENTWATCH_HEALTHCHECK_URL'], timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; u = os.environ.get('LATENTWATCH_HEALTHCHECK_URL'); u and urllib.request.urlopen(u, timeout=4)"]
 ENTRYPOINT ["latentwatch"]
 CMD ["--help"]

@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import tomllib
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS_PORT = "9464"
+API_PORT = "8000"
+
+# The Compose Specification's JSON schema, vendored: see schemas/README.md for its source.
+COMPOSE_SPEC = Path(__file__).parent / "schemas" / "compose-spec.json"
+COMPOSE_SPEC_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
+
+# The only images the stack may run besides its own: each official repository with the tag form of
+# its releases. `latest`, floating names (`16-alpine`, `main`), digests and other registries fail.
+OFFICIAL_IMAGES = {
+    "apache/kafka": r"\d+\.\d+\.\d+",
+    # the major selects the data-directory format; minor releases are fixes within it
+    "postgres": r"\d+(\.\d+)?",
+    "prom/prometheus": r"v\d+\.\d+\.\d+",
+    "grafana/grafana": r"\d+\.\d+\.\d+",
+}
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +63,30 @@ def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+def final_stage() -> str:
+    return (REPO / "Dockerfile").read_text().split("\nFROM ")[-1]
+
+
+@pytest.fixture(scope="module")
+def compose_spec() -> jsonschema_rs.Validator:
+    raw = COMPOSE_SPEC.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == COMPOSE_SPEC_SHA256, (
+        "schemas/compose-spec.json differs from the vendored copy: replace it whole and update "
+        "its source and hash (schemas/README.md), never edit it"
+    )
+    schema = json.loads(raw)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    return jsonschema_rs.validator_for(schema)
+
+
+def schema_errors(validator: jsonschema_rs.Validator, document: object) -> list[str]:
+    """`path/in/the/file: message` for each violation."""
+    return [
+        f"{'/'.join(map(str, error.instance_path)) or '<root>'}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
+
+
 def test_hadolint_passes() -> None:
     binary = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(binary).exists():
@@ -51,13 +98,56 @@ def test_hadolint_passes() -> None:
 
 
 def test_dockerfile_runs_latentwatch_as_non_root_with_a_healthcheck() -> None:
-    text = (REPO / "Dockerfile").read_text()
-    final_stage = text.split("\nFROM ")[-1]
-    assert 'ENTRYPOINT ["latentwatch"]' in final_stage
-    assert re.search(r"^USER (?!root|0\b)\S+", final_stage, re.MULTILINE)
-    assert "HEALTHCHECK" in final_stage
-    assert f"LATENTWATCH_HEALTHCHECK_URL=http://127.0.0.1:{METRICS_PORT}/metrics" in final_stage
-    assert "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in text
+    stage = final_stage()
+    assert 'ENTRYPOINT ["latentwatch"]' in stage
+    assert re.search(r"^USER (?!root|0\b)\S+", stage, re.MULTILINE)
+    (healthcheck,) = re.findall(r"^HEALTHCHECK (?:.*\\\n)*.*", stage, re.MULTILINE)
+    assert "LATENTWATCH_HEALTHCHECK_URL" in healthcheck
+    assert "LATENTWATCH_HEALTHCHECK_URL=" not in stage  # no URL for every command baked in
+    assert (
+        "torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+        in (REPO / "Dockerfile").read_text()
+    )
+
+
+def test_serving_services_point_the_health_check_at_their_own_port(
+    compose: dict[str, Any],
+) -> None:
+    s = services(compose)
+    consumer, api = s["consumer"], s["api"]
+    assert option(consumer["command"], "--metrics-port") == METRICS_PORT
+    assert consumer["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
+        f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    )
+    assert option(api["command"], "--port") == API_PORT
+    assert api["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
+        f"http://127.0.0.1:{API_PORT}/health"
+    )
+
+
+def test_the_health_check_probes_the_url_it_is_given_and_passes_without_one(
+    tmp_path: Path,
+) -> None:
+    (command,) = re.findall(r'"import os, urllib\.request;[^"]*"', final_stage())
+    code = command.strip('"')
+
+    def check(**environ: str) -> int:
+        env = {k: v for k, v in os.environ.items() if k != "LATENTWATCH_HEALTHCHECK_URL"}
+        env |= environ
+        return subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    assert check() == 0
+    assert check(LATENTWATCH_HEALTHCHECK_URL=f"http://127.0.0.1:{port}/health") != 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        assert check(LATENTWATCH_HEALTHCHECK_URL=url) == 0
+    finally:
+        server.shutdown()
 
 
 def test_dockerignore_admits_every_package() -> None:
@@ -73,15 +163,65 @@ def test_dockerignore_admits_every_package() -> None:
     assert packages | {"pyproject.toml", project["project"]["readme"]} <= admitted
 
 
-def test_images_are_pinned(compose: dict[str, Any]) -> None:
+def test_compose_file_matches_the_compose_specification(
+    compose: dict[str, Any], compose_spec: jsonschema_rs.Validator
+) -> None:
+    assert schema_errors(compose_spec, compose) == []
+
+
+BROKEN_COMPOSE = {
+    "unknown service key": (("services", "api", "portz"), ["127.0.0.1:8000:8000"], "services/api"),
+    "ports not a list": (("services", "api", "ports"), "127.0.0.1:8000:8000", "services/api/ports"),
+    "port of the wrong type": (("services", "api", "ports", 0), True, "services/api/ports/0"),
+    "unknown depends_on condition": (
+        ("services", "consumer", "depends_on", "kafka", "condition"),
+        "service_ready",
+        "services/consumer/depends_on",
+    ),
+    "healthcheck interval not a duration string": (
+        ("services", "kafka", "healthcheck", "interval"),
+        10,
+        "services/kafka/healthcheck/interval",
+    ),
+    "unknown top-level key": (("service",), {}, "<root>"),
+    "volume not a mapping": (("volumes", "postgres-data"), "local", "volumes/postgres-data"),
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "reported_at"), BROKEN_COMPOSE.values(), ids=BROKEN_COMPOSE
+)
+def test_compose_schema_rejects_a_broken_file(
+    compose: dict[str, Any],
+    compose_spec: jsonschema_rs.Validator,
+    where: tuple[str | int, ...],
+    value: object,
+    reported_at: str,
+) -> None:
+    broken = copy.deepcopy(compose)
+    parent: Any = broken
+    for key in where[:-1]:
+        parent = parent[key]
+    parent[where[-1]] = value
+    errors = schema_errors(compose_spec, broken)
+    assert any(error.startswith(f"{reported_at}: ") for error in errors), errors
+
+
+def test_images_are_allowed_and_pinned(compose: dict[str, Any]) -> None:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    used = set()
     for name, service in services(compose).items():
-        image = service["image"]
-        repository, _, tag = image.rpartition(":")
-        assert repository, f"{name}: image {image} has no tag"
-        assert tag and tag != "latest", f"{name}: image {image} is not pinned"
-        if "build" in service:
-            assert image == f"latentwatch:{version}", name
+        image = service.get("image")
+        assert image, f"{name} names no image"
+        if "build" in service:  # built here, never pulled
+            assert image == f"latentwatch:{version}", f"{name}: built image {image}"
+            continue
+        repository, _, tag = image.partition(":")
+        assert repository in OFFICIAL_IMAGES, f"{name}: {image} is not an allowed image"
+        pattern = OFFICIAL_IMAGES[repository]
+        assert re.fullmatch(pattern, tag), f"{name}: {image}: tag is not of the form {pattern}"
+        used.add(repository)
+    assert used == set(OFFICIAL_IMAGES), "keep OFFICIAL_IMAGES to the images compose.yaml uses"
 
 
 def test_bind_mounts_exist(compose: dict[str, Any]) -> None:
