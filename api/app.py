@@ -1,5 +1,6 @@
 """The app factory: the API routers (behind the bearer token when one is set), liveness and
-readiness probes, and the explorer page with its static files."""
+readiness probes, and the explorer page with its static files. Every route of the schema
+refuses query parameters it does not declare (``api.params.reject_unknown_query``)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.dependencies import SessionFactoryDep, bearer_auth
 from api.flagged import flagged_router
 from api.overview import overview_router
-from api.schemas import ErrorOut, HealthOut, ReadyOut
+from api.params import reject_unknown_query
+from api.schemas import ErrorOut, HealthOut, ReadyOut, ValidationErrorOut
 from api.settings import ApiSettings
 from storage.database import current_revision, head_revision
 
@@ -63,16 +65,32 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
     app.state.session_factory = session_factory
     app.state.settings = settings
     app.add_exception_handler(RequestValidationError, _validation_error)
-    protected = [Depends(bearer_auth(settings.token))] if settings.token else []
+    # The token is checked first: without it, a request learns nothing, not even its typos.
+    auth = [Depends(bearer_auth(settings.token))] if settings.token else []
+    known_query = [Depends(reject_unknown_query)]
+    protected = [*auth, *known_query]
+    refused: dict[int | str, dict[str, Any]] = {
+        422: {
+            "model": ValidationErrorOut,
+            "description": "A bad or unknown parameter (or body field); detail names each.",
+        }
+    }
     unauthorized: dict[int | str, dict[str, Any]] = (
         {401: {"model": ErrorOut, "description": "Missing or wrong bearer token."}}
         if settings.token
         else {}
     )
     for router in (flagged_router(settings), overview_router(settings)):
-        app.include_router(router, dependencies=protected, responses=unauthorized)
+        app.include_router(router, dependencies=protected, responses=refused | unauthorized)
 
-    @app.get("/health", response_model=HealthOut, tags=["probes"], summary="Liveness")
+    @app.get(
+        "/health",
+        response_model=HealthOut,
+        tags=["probes"],
+        summary="Liveness",
+        responses=refused,
+        dependencies=known_query,
+    )
     def health() -> HealthOut:
         """The process answers; says nothing about the database (see /ready). No token."""
         return HealthOut(status="ok")
@@ -83,6 +101,7 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
         tags=["probes"],
         summary="Readiness: database reachable and its schema current",
         responses={
+            **refused,
             **unauthorized,
             503: {"model": ReadyOut, "description": "Not ready; detail says why."},
         },
@@ -106,7 +125,7 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
 
     if settings.token:
 
-        @app.get("/openapi.json", include_in_schema=False, dependencies=protected)
+        @app.get("/openapi.json", include_in_schema=False, dependencies=auth)
         def openapi() -> dict[str, Any]:
             return app.openapi()
 

@@ -1,12 +1,18 @@
-"""Query parameters shared by routes, turned into the typed filters of ``storage.queries``. Every
-parameter is described here once, so /openapi.json documents it wherever it is used."""
+"""Query parameters: those shared by routes, turned into the typed filters of ``storage.queries``
+(each described here once, so /openapi.json documents it wherever it is used), and the check
+that refuses a parameter the route does not declare."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from api.dependencies import invalid
 from storage.queries import FlaggedFilter, Ordering, QueryError
@@ -116,3 +122,54 @@ def ordering(
 
 FilterDep = Annotated[FlaggedFilter, Depends(flagged_filter)]
 OrderingDep = Annotated[Ordering, Depends(ordering)]
+
+
+def declared_query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route (or dependency) declares, sub-dependencies included, by
+    the name a client sends (the alias: ``format``, not ``output_format``)."""
+    names = {field.alias for field in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= declared_query_names(sub)
+    return frozenset(names)
+
+
+def unknown_query_errors(
+    given: Iterable[tuple[str, str]], known: Collection[str]
+) -> list[dict[str, Any]]:
+    """One 422 error, in FastAPI's shape, per ``(name, value)`` whose name is not ``known``.
+    Such a parameter would otherwise be ignored: ``severity=50`` (for ``min_severity``) would
+    answer 200 with unfiltered rows."""
+    takes = ", ".join(sorted(known)) if known else "no query parameters"
+    errors = []
+    for name, value in given:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        errors.append(
+            {
+                "type": "extra_forbidden",
+                "loc": ("query", name),
+                "msg": f"unknown query parameter {name!r}{hint}: this route takes {takes}",
+                "input": value,
+            }
+        )
+    return errors
+
+
+async def reject_unknown_query(request: Request) -> None:
+    """A dependency, applied to every API route by the app factory: 422 for query parameters
+    the matched route does not declare. It reads the route's own dependant, which holds the
+    endpoint's and its router's dependencies, not those given to ``include_router`` (the
+    token check, and this one): dependencies added there must not declare query parameters."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute):
+        raise RuntimeError(
+            "reject_unknown_query found no FastAPI route in the request scope: "
+            "use it as a dependency of API routes only"
+        )
+    errors = unknown_query_errors(
+        request.query_params.items(), declared_query_names(route.dependant)
+    )
+    if errors:
+        raise RequestValidationError(errors)

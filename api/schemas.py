@@ -174,3 +174,18 @@ class ReadyOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+class InvalidInputOut(BaseModel):
+    loc: list[str | int] = Field(description='Where: e.g. ["query", "limit"], ["body", "note"].')
+    msg: str
+    type: str
+    input: Any = Field(None, description="The value given, if any.")
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorOut(BaseModel):
+    """FastAPI's 422 body, declared here because every route can answer it: even one without
+    parameters refuses unknown query parameters."""
+
+    detail: list[InvalidInputOut]

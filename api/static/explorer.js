@@ -2,7 +2,8 @@
 // its model's reference clusters -> GET /api/models/{version}, verdicts -> POST .../feedback.
 // With a token configured on the server, the page asks for it once per browser tab.
 
-import { clear, el, formatNumber, formatTime, formatValue, severityClass, svg } from "./dom.js";
+import { clear, el, formatNumber, formatTime, severityClass, svg } from "./dom.js";
+import { drawFeatureBars } from "./featurebars.js";
 import { clusterColour, drawLatentMap } from "./latentmap.js";
 
 const PAGE_SIZE = 25;
@@ -175,7 +176,7 @@ function renderDetail(d) {
     ),
     scoreGrid(d),
     el("h3", {}, "Why: fields the model could not reconstruct"),
-    featureBars(d.explanation.features || []),
+    drawFeatureBars(d.explanation.features || [], schemaFields(d.model_version)),
     el("h3", {}, "Where: the latent map"),
     el("figure", { class: "map" },
       svg("svg", { id: "latent-map", role: "img", "aria-label": "latent map" }),
@@ -186,6 +187,12 @@ function renderDetail(d) {
     el("pre", { class: "record" }, JSON.stringify(d.record, null, 2)),
   );
   drawMap();
+}
+
+/** name -> the field's entry in the model's schema (kind, center, scale), when the model is known. */
+function schemaFields(version) {
+  const fields = state.models.get(version)?.manifest?.schema?.fields ?? [];
+  return new Map(fields.map((f) => [f.name, f]));
 }
 
 function scoreGrid(d) {
@@ -200,27 +207,6 @@ function scoreGrid(d) {
       `p = ${formatNumber(d.reconstruction_p_value, { p: true })}`),
     cell("nearest cluster", `C${d.cluster}`, `distance ${formatNumber(d.cluster_distance)}`),
   );
-}
-
-function featureBars(features) {
-  const largest = Math.max(...features.map((f) => f.contribution || 0), 1e-9);
-  const list = el("div", { class: "features" });
-  for (const f of features) {
-    const fill = el("span", { class: "fill" });
-    fill.style.width = `${Math.max(2, (100 * (f.contribution || 0)) / largest)}%`;
-    const share = f.share === null || f.share === undefined ? "" : ` · ${Math.round(f.share * 100)}%`;
-    list.append(el("div", { class: "feature-row" },
-      el("span", { class: "feature-name" }, f.name),
-      el("span", { class: "feature-values" },
-        el("span", { class: "actual" }, formatValue(f.actual)),
-        el("span", { class: "muted" }, " vs expected "),
-        el("span", { class: "expected" }, formatValue(f.expected))),
-      el("span", { class: "feature-bar", title: "contribution to the reconstruction score" }, fill),
-      el("span", { class: "feature-contribution" }, `${formatNumber(f.contribution)} nats${share}`),
-    ));
-  }
-  if (!features.length) list.append(el("p", { class: "muted" }, "No field explanation stored."));
-  return list;
 }
 
 function drawMap() {

@@ -40,9 +40,9 @@ def manifest(version: str) -> dict[str, Any]:
         }
         for c in range(3)
     ]
-    fields = [{"name": n, "kind": "numeric"} for n in NUMERIC] + [
-        {"name": n, "kind": "categorical", "categories": list(v)} for n, v in CATEGORICAL.items()
-    ]
+    fields = [
+        {"name": n, "kind": "numeric", "center": mu, "scale": sd} for n, (mu, sd) in NUMERIC.items()
+    ] + [{"name": n, "kind": "categorical", "categories": list(v)} for n, v in CATEGORICAL.items()]
     return {
         "format": "latentwatch-model",
         "version": version,

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from api_data import seed
-from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, sync_playwright
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
@@ -105,11 +105,10 @@ def test_explorer_filters_explains_maps_and_takes_feedback(
         page.wait_for_selector(f"#latent-map circle.record-point.selected[data-id='{record_id}']")
         detail = get_detail(server.url, record_id)
 
+        features = detail["explanation"]["features"]
         names = page.locator(".feature-row .feature-name").all_inner_texts()
-        assert names == [f["name"] for f in detail["explanation"]["features"]]
-        widths = [box["width"] for box in boxes(page, ".feature-bar .fill")]
-        assert len(widths) == len(names) and all(w > 0 for w in widths)
-        assert widths[0] == max(widths)  # most surprising first, drawn longest
+        assert names == [f["name"] for f in features]
+        assert_feature_bars(page, features)
         assert page.locator("#latent-map ellipse.cluster-ellipse").count() == 3
         assert page.locator("#latent-map circle.record-point").count() >= 2
         metrics = page.locator(".metrics").inner_text()
@@ -177,6 +176,42 @@ def test_explorer_asks_for_the_token_and_sends_it(
         page.close()
     # the first, refused requests are logged by the browser as failed loads (401): expected
     assert all("401" in e for e in errors), errors
+
+
+def assert_feature_bars(page: Page, features: list[dict[str, Any]]) -> None:
+    """Numeric fields: actual and expected as two marks on the field's axis, in the order of
+    their values, within the model's typical range band; categorical ones: both values as
+    text. Every field keeps its contribution bar, the largest first."""
+    numeric = [f for f in features if isinstance(f["expected"], float | int)]
+    text = [f for f in features if f not in numeric]
+    assert numeric and text  # the seeded records explain both kinds
+    for f in numeric:
+        row = page.locator(f".feature-row[data-feature='{f['name']}'][data-kind='numeric']")
+        actual, expected = row.locator(".mark.actual"), row.locator(".mark.expected")
+        assert (actual.count(), expected.count()) == (1, 1), f["name"]
+        assert float(actual.get_attribute("data-value") or "nan") == f["actual"]
+        assert float(expected.get_attribute("data-value") or "nan") == f["expected"]
+        x_actual, x_expected = (centre_x(mark) for mark in (actual, expected))
+        if f["actual"] != f["expected"]:
+            assert (x_actual > x_expected) == (f["actual"] > f["expected"]), f["name"]
+        band = row.locator(".typical").bounding_box()
+        assert band is not None and band["x"] <= x_expected <= band["x"] + band["width"]
+        shown = row.locator(".feature-values .actual").inner_text()
+        assert float(shown) == pytest.approx(f["actual"], rel=1e-2, abs=1e-2)
+    for f in text:
+        row = page.locator(f".feature-row[data-feature='{f['name']}'][data-kind='text']")
+        assert row.locator(".value.actual").inner_text() == f["actual"]
+        assert row.locator(".value.expected").inner_text() == f["expected"]
+        assert row.locator(".mark").count() == 0
+    widths = [box["width"] for box in boxes(page, ".feature-contribution .fill")]
+    assert len(widths) == len(features) and all(w > 0 for w in widths)
+    assert widths[0] == max(widths)  # most surprising first, drawn longest
+
+
+def centre_x(locator: Locator) -> float:
+    box = locator.bounding_box()
+    assert box is not None
+    return box["x"] + box["width"] / 2
 
 
 def get_detail(url: str, record_id: int) -> dict[str, Any]:

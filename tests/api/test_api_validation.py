@@ -1,9 +1,11 @@
-"""Every bad parameter is a 422 naming the parameter with a message, never a 500. Checks that
-need no data run on one SQLite app; those that reach the database (cursors, bucket ranges)
-run on both engines."""
+"""Every bad parameter is a 422 naming the parameter with a message, never a 500; so is a query
+parameter the route does not take (a typo would otherwise be ignored). Checks of values that
+need no data run on one SQLite app; unknown parameters, and checks that reach the database
+(cursors, bucket ranges), run on both engines."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -11,10 +13,12 @@ from typing import Any
 
 import pytest
 from api_data import flagged, seed
+from fastapi import Request
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.params import reject_unknown_query
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.queries import FlaggedFilter, Ordering, _fingerprint
@@ -46,6 +50,9 @@ BAD_QUERIES: list[tuple[str, dict[str, Any], str, str]] = [
     (LIST, {"cluster": 2**40}, "cluster", "less than or equal to"),
     (LIST, {"topic": "pay\x00ments"}, "topic", "pattern"),
     (LIST, {"topic": "t" * 256}, "topic", "at most 255"),
+    (LIST, {"model_version": "v" * 65}, "model_version", "at most 64"),
+    (LIST, {"top_feature": "f" * 1001}, "top_feature", "at most 1000"),
+    (LIST, {"format": "csv", "top_feature": "f" * 1001}, "top_feature", "at most 1000"),
     (LIST, {"cursor": "not-a-cursor"}, "cursor", "not one this API issued"),
     (LIST, {"cursor": "W10"}, "cursor", "not one this API issued"),  # base64 of "[]"
     ("/api/flagged/0", {}, "flagged_id", "greater than or equal to 1"),
@@ -73,6 +80,32 @@ BAD_FEEDBACK: list[tuple[Any, str, str]] = [
     ({"label": "true_alarm", "note": 5}, "note", "string"),
     ({"label": "true_alarm", "severity": 3}, "severity", "Extra inputs"),
     ("true_alarm", "body", "dictionary"),
+]
+# (the id in POST /api/flagged/{id}/feedback, words the message must contain); a well-formed id
+# of no record is a 404 (test_api_flagged.py)
+BAD_FEEDBACK_IDS: list[tuple[str, str]] = [
+    ("0", "greater than or equal to 1"),
+    ("-3", "greater than or equal to 1"),
+    ("abc", "integer"),
+    ("1.5", "integer"),
+    (str(2**64), "less than or equal to"),
+]
+EVERY_FILTER = "cluster, cursor, desc, end, format, limit, min_severity, model_version"
+# (method, path, query parameters, the unknown one the error must name, words of the message)
+UNKNOWN_QUERIES: list[tuple[str, str, dict[str, Any], str, str]] = [
+    ("GET", LIST, {"severity": 50}, "severity", "did you mean 'min_severity'?"),
+    ("GET", LIST, {"min_score": 3}, "min_score", f"this route takes {EVERY_FILTER}"),
+    ("GET", LIST, {"format": "csv", "severity": 50}, "severity", "'min_severity'"),
+    ("GET", LIST, {"format": "jsonl", "page": 2}, "page", "cursor"),
+    ("GET", "/api/flagged/1", {"verbose": "1"}, "verbose", "takes no query parameters"),
+    ("POST", "/api/flagged/1/feedback", {"label": "true_alarm"}, "label", "no query parameters"),
+    ("GET", "/api/stats", {"topics": "payments"}, "topics", "did you mean 'topic'?"),
+    ("GET", "/api/stats", {"bucket": "1h", "interval": "5m"}, "interval", "bucket, cluster"),
+    ("GET", "/api/evaluate", {"topic": "payments"}, "topic", "this route takes model_version"),
+    ("GET", "/api/models", {"version": "a1b2c3d4e5f6"}, "version", "no query parameters"),
+    ("GET", "/api/models/a1b2c3d4e5f6", {"manifest": "no"}, "manifest", "no query parameters"),
+    ("GET", "/ready", {"verbose": "1"}, "verbose", "no query parameters"),
+    ("GET", "/health", {"verbose": "1"}, "verbose", "no query parameters"),
 ]
 
 
@@ -106,6 +139,72 @@ def test_bad_feedback_is_422_with_a_message(
     shared_client: TestClient, body: Any, parameter: str, words: str
 ) -> None:
     assert_422(shared_client.post("/api/flagged/1/feedback", json=body), parameter, words)
+
+
+@pytest.mark.parametrize(("flagged_id", "words"), BAD_FEEDBACK_IDS)
+def test_bad_feedback_id_is_422_with_a_message(
+    shared_client: TestClient, flagged_id: str, words: str
+) -> None:
+    response = shared_client.post(
+        f"/api/flagged/{flagged_id}/feedback", json={"label": "true_alarm"}
+    )
+    assert_422(response, "flagged_id", words)
+
+
+@pytest.mark.parametrize(("method", "path", "params", "parameter", "words"), UNKNOWN_QUERIES)
+def test_unknown_query_parameters_are_422_naming_them_and_the_valid_ones(
+    client: TestClient, method: str, path: str, params: dict[str, Any], parameter: str, words: str
+) -> None:
+    body = {"label": "true_alarm"} if method == "POST" else None
+    response = client.request(method, path, params=params, json=body)
+    assert_422(response, parameter, words)
+    assert len(response.json()["detail"]) == 1  # the known parameters are not blamed
+
+
+def test_every_unknown_query_parameter_is_named(client: TestClient) -> None:
+    params = {"severity": 50, "min_score": 3, "topic": "payments"}
+    response = client.get(LIST, params=params)
+    assert response.status_code == 422
+    assert {e["loc"][1] for e in response.json()["detail"]} == {"severity", "min_score"}
+    # the page and its files are not API routes: links to them may carry anything
+    assert client.get("/", params={"from": "newsletter"}).status_code == 200
+
+
+def test_every_documented_query_parameter_is_known(client: TestClient) -> None:
+    """The routes' own list of query parameters agrees with /openapi.json: a parameter a route
+    documents is never refused as unknown (its value may still be refused)."""
+    schema = client.get("/openapi.json").json()
+    seen: set[str] = set()
+    for template, operations in schema["paths"].items():
+        path = template.replace("{flagged_id}", "1").replace("{version}", "a1b2c3d4e5f6")
+        for method, operation in operations.items():
+            names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+            body = {"label": "true_alarm"} if method == "post" else None
+            response = client.request(method, path, params=dict.fromkeys(names, "1"), json=body)
+            assert response.status_code < 500, (method, path, response.text)
+            if response.status_code == 422:
+                kinds = {e["type"] for e in response.json()["detail"]}
+                assert "extra_forbidden" not in kinds, (method, path, response.text)
+            seen.update(names)
+    # an alias, a filter of a sub-dependency, a route's own parameter
+    assert {"format", "min_severity", "desc", "bucket"} <= seen
+
+
+def test_with_a_token_unknown_parameters_are_checked_after_it(
+    sessions: sessionmaker[Session],
+) -> None:
+    with TestClient(create_app(ApiSettings(token="s3cret-token"), sessions)) as client:
+        assert client.get(LIST, params={"severity": 50}).status_code == 401
+        authorised = {"Authorization": "Bearer s3cret-token"}
+        response = client.get(LIST, params={"severity": 50}, headers=authorised)
+        assert_422(response, "severity", "min_severity")
+        assert_422(client.get("/health", params={"x": 1}), "x", "no query parameters")
+
+
+def test_the_unknown_parameter_check_refuses_to_run_outside_an_api_route() -> None:
+    request = Request({"type": "http", "query_string": b"x=1", "headers": []})
+    with pytest.raises(RuntimeError, match="API routes only"):
+        asyncio.run(reject_unknown_query(request))
 
 
 def test_unpaired_surrogate_in_a_note_is_422(shared_client: TestClient) -> None:
