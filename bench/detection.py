@@ -75,10 +75,17 @@ def fit_lof(train: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def fit_gmm(train: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    scaler = StandardScaler().fit(train)
-    model = GaussianMixture(1, covariance_type="full", reg_covar=1e-6, random_state=seed)
-    model.fit(scaler.transform(train))
-    return lambda test: -model.score_samples(scaler.transform(test))
+    """A Gaussian mixture on the raw features, 1-8 full-covariance components (at least 10
+    rows each) chosen by BIC: the rule latentwatch uses for its mixture on latent codes."""
+    best: tuple[float, GaussianMixture] | None = None
+    for k in range(1, min(8, len(train) // 10) + 1):
+        model = GaussianMixture(k, covariance_type="full", random_state=seed).fit(train)
+        bic = model.bic(train)
+        if best is None or bic < best[0]:
+            best = (bic, model)
+    assert best is not None
+    chosen = best[1]
+    return lambda test: -chosen.score_samples(test)
 
 
 DETECTORS: dict[str, Fitter] = {
