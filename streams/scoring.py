@@ -4,7 +4,7 @@ around it does the I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -73,14 +73,15 @@ def flagged_records(
     messages: Sequence[Message],
     scores: ScoreBatch,
     *,
-    rows: np.ndarray,
-    chosen: Sequence[Mapping[str, Any]],
+    record_of: Callable[[int], Mapping[str, Any]],
     now: datetime,
     explained_features: int = EXPLAINED_FEATURES,
 ) -> list[FlaggedRecord]:
-    """Storage rows for the scored ``rows`` (indices into ``scores`` and ``messages``), whose
-    decoded records are ``chosen`` (one per row), explained in one batch; numpy columns become
-    Python lists once, not one scalar at a time."""
+    """Storage rows for the flagged rows of ``scores`` (indices into ``messages`` too), whose
+    decoded records ``record_of`` gives, explained in one batch; numpy columns become Python
+    lists once, not one scalar at a time."""
+    rows = np.flatnonzero(scores.flagged)
+    chosen = [record_of(i) for i in rows.tolist()]
     schema = detector.schema
     explanations = explain_rows(
         schema,
@@ -158,13 +159,11 @@ def score_messages(
     scores = detector.score_records(records)
     for i in np.flatnonzero(~scores.valid):
         rejections.append(Rejection(decoded_messages[i], WRONG_TYPE, str(scores.reasons[i])))
-    rows = np.flatnonzero(scores.flagged)
     flagged = flagged_records(
         detector,
         decoded_messages,
         scores,
-        rows=rows,
-        chosen=[records[i] for i in rows.tolist()],
+        record_of=records.__getitem__,
         now=now,
         explained_features=explained_features,
     )
@@ -189,13 +188,11 @@ def _score_typed(  # noqa: PLR0917  (a private step of score_messages, called on
     scores = detector.score_columns(columns, len(messages))
     if not scores.valid.all():  # the decoder took only values the schema accepts
         return None
-    rows = np.flatnonzero(scores.flagged)
     flagged = flagged_records(
         detector,
         messages,
         scores,
-        rows=rows,
-        chosen=[orjson.loads(cast(bytes, values[i])) for i in rows.tolist()],
+        record_of=lambda i: orjson.loads(cast(bytes, values[i])),
         now=now,
         explained_features=explained_features,
     )
