@@ -125,6 +125,16 @@ def save(
     """Write the model directory (created if needed) and return the version id; ``source`` is
     the training data file, recorded with its sha256."""
     path = Path(directory)
+    try:
+        return _write(detector, path, source, now)
+    except OSError as exc:  # no permission, a file where a folder belongs, a full disk
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
+        raise ArtifactError(f"cannot write a model to {path}: {reason}") from None
+    except SafetensorError as exc:  # the same, met while writing the weights or arrays
+        raise ArtifactError(f"cannot write a model to {path}: {exc}") from None
+
+
+def _write(detector: Detector, path: Path, source: Path | None, now: datetime | None) -> str:
     if path.exists() and not path.is_dir():
         raise ArtifactError(f"cannot write a model to {path}: it is a file, not a directory")
     if path.is_dir() and any(path.iterdir()) and not (path / MANIFEST).exists():

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 
 EXIT_USER_ERROR = 1
+EXIT_USAGE = 2  # click's code for a command line it cannot parse
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def fail(message: str) -> NoReturn:
@@ -122,12 +124,14 @@ def score(
     from detector.artifact import load
     from detector.errors import SchemaMismatchError
     from detector.explain import top_feature_names
+    from detector.schema import FieldKind
     from latentwatch.datafiles import read_table, write_csv
 
     torch.set_num_threads(max(threads, 1))
     detector, _ = load(model)
     schema = detector.schema
-    table = read_table(data, keep_raw=[schema.id_column] if schema.id_column else [])
+    text = [f.name for f in schema.fields if f.kind is FieldKind.CATEGORICAL]
+    table = read_table(data, keep_raw=[c for c in (schema.id_column, *text) if c])
     known = [name for name in schema.names if name in table.columns]
     if not known:
         raise SchemaMismatchError(
@@ -141,9 +145,16 @@ def score(
             f"missing: {', '.join(absent[:8])}",
             err=True,
         )
+    ids = table.columns.get(schema.id_column) if schema.id_column else None
+    if schema.id_column and ids is None:  # the column stays in the output: its contract
+        typer.echo(
+            f"latentwatch: warning: id column {schema.id_column!r} absent from {data}: "
+            "written empty",
+            err=True,
+        )
+        ids = [None] * table.n_rows
     scores = detector.score_columns(table.columns, table.n_rows, table.reasons)
     names = top_feature_names(schema, scores, top)
-    ids = table.columns.get(schema.id_column) if schema.id_column else None
 
     def rows() -> Iterator[list[Any]]:
         for i in range(table.n_rows):
@@ -165,9 +176,7 @@ def score(
             ]
             yield ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
 
-    header = ([schema.id_column] if ids is not None and schema.id_column else []) + list(
-        SCORE_COLUMNS
-    )
+    header = ([schema.id_column] if schema.id_column else []) + list(SCORE_COLUMNS)
     write_csv(out, header, rows())
     n_bad = int((~scores.valid).sum())
     typer.echo(
@@ -195,16 +204,48 @@ def inspect(
         typer.echo(model_summary(detector, manifest))
 
 
+def _error_line(exc: Exception) -> tuple[str, int] | None:
+    """What a user sees of an error they can act on (their input, their set-up, the file system,
+    the database), as a message and an exit code; None for a bug, which keeps its traceback."""
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    if isinstance(exc, LatentwatchError):
+        return str(exc), EXIT_USER_ERROR
+    if isinstance(exc, typer.TyperException):  # click's (vendored): `--fpr abc`, a missing option
+        ctx = getattr(exc, "ctx", None)  # usage errors know their command
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        return exc.format_message().rstrip(".") + hint, exc.exit_code
+    if isinstance(exc, typer.Abort):  # end of input at a prompt
+        return "aborted", EXIT_USER_ERROR
+    if isinstance(exc, OperationalError | InterfaceError):  # unreachable, cannot open, locked
+        return f"database unavailable: {exc.orig or exc}", EXIT_USER_ERROR
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}", EXIT_USER_ERROR
+    return None
+
+
 def main() -> None:
-    """Console entry point: user errors print one line, never a traceback."""
+    """Console entry point: a user error is one line on stderr and a non-zero exit, never a
+    traceback (the one place where errors become that line)."""
     try:
-        app()
-    except LatentwatchError as exc:
-        typer.echo(f"latentwatch: error: {exc}", err=True)
-        sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
+        code = app(standalone_mode=False)  # click's errors come here, not to its usage box
+    except KeyboardInterrupt:  # before a command ran; typer turns one inside into Exit(130)
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        # `latentwatch` or `latentwatch db` alone: the help is printed already. By name, as typer
+        # itself tells it apart: the class lives in typer's private copy of click.
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(EXIT_USAGE)
+        error = _error_line(exc)
+        if error is None:
+            raise
+        message, code = error
+        typer.echo(f"latentwatch: error: {' '.join(message.split())}", err=True)
+        sys.exit(code)
+    if code == EXIT_INTERRUPTED:
         typer.echo("latentwatch: interrupted", err=True)
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def _env(name: str) -> str:

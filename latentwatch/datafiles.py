@@ -1,9 +1,13 @@
 """Read record files (CSV, JSONL, Parquet) into columns, and write score tables.
 
-CSV cells are typed per column: a column whose every non-empty cell is a number becomes
-float64, true/false becomes booleans, anything else stays strings; empty cells and NA tokens are
-missing. JSONL keeps JSON's own types. A JSONL line that is not valid JSON does not stop the
-file: its row carries a reason (so ``score`` still scores every good row).
+CSV has no types, so cells are typed by what they hold, one by one: a cell that parses as a
+number is a number, an empty cell or NA token is missing, anything else stays a string. So one
+bad cell in a numeric column is that row's problem (``score`` gives it a reason and scores the
+rest), not the column's. Two column rules keep text columns text: a column of true/false is
+boolean, and in a column where most cells are not numbers the numeric-looking ones ("10", "7")
+are codes and stay strings too; so do the columns a caller names (ids, a model's categorical
+fields). JSONL keeps JSON's own types. A JSONL line that is not valid JSON does not stop the
+file: its row carries a reason.
 """
 
 from __future__ import annotations
@@ -18,12 +22,16 @@ import numpy as np
 import orjson
 
 from detector.encoding import plain_value
-from detector.errors import DataError
+from detector.errors import DataError, LatentwatchError
 from detector.schema import Column
 
 _NA = frozenset({"", "na", "n/a", "nan", "null", "none", "-"})
 _BOOL = {"true": True, "false": False}
 SUPPORTED = (".csv", ".jsonl", ".ndjson", ".parquet")
+
+
+class OutputError(LatentwatchError):
+    """An output file cannot be written (its folder cannot be created, no permission, ...)."""
 
 
 @dataclass
@@ -47,20 +55,30 @@ class Table:
                 yield self.row(i)
 
 
-def _type_csv_column(cells: list[str], keep_raw: bool) -> Column:
-    if keep_raw:
-        return [None if c.strip().lower() in _NA else c for c in cells]
-    lowered = [c.strip().lower() for c in cells]
-    missing = [c in _NA for c in lowered]
+def _number(cell: str) -> float | str:
     try:
-        return np.array(
-            ["nan" if m else c for c, m in zip(cells, missing, strict=True)], dtype=np.float64
-        )
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+def _type_csv_column(cells: list[str], keep_raw: bool) -> Column:
+    missing = [c.strip().lower() in _NA for c in cells]
+    text = [None if m else c for c, m in zip(cells, missing, strict=True)]
+    if keep_raw:
+        return text
+    try:  # the usual column, all numbers: one numpy call
+        return np.array(["nan" if c is None else c for c in text], dtype=np.float64)
     except ValueError:
         pass
-    if all(m or c in _BOOL for c, m in zip(lowered, missing, strict=True)):
-        return [None if m else _BOOL[c] for c, m in zip(lowered, missing, strict=True)]
-    return [None if m else c for c, m in zip(cells, missing, strict=True)]
+    lowered = [None if c is None else c.strip().lower() for c in text]
+    if all(c is None or c in _BOOL for c in lowered):
+        return [None if c is None else _BOOL[c] for c in lowered]
+    typed = [None if c is None else _number(c) for c in text]
+    numbers = sum(type(v) is float for v in typed)
+    if 2 * numbers < len(cells) - sum(missing):  # mostly text: a column of codes
+        return text
+    return typed
 
 
 def _read_csv(path: Path, keep_raw: frozenset[str]) -> Table:
@@ -116,19 +134,24 @@ def _read_jsonl(path: Path) -> Table:
 
 def _read_parquet(path: Path) -> Table:
     try:
+        import pyarrow as pa  # noqa: PLC0415
         import pyarrow.parquet as pq  # noqa: PLC0415
     except ImportError:
         raise DataError(
             "reading .parquet needs pyarrow: pip install 'latentwatch[parquet]'"
         ) from None
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as exc:  # damaged, truncated or not Parquet at all
+        raise DataError(f"{path} is not a readable Parquet file: {exc}") from None
     return Table(
         columns={n: table.column(n).to_pylist() for n in table.column_names}, n_rows=table.num_rows
     )
 
 
 def read_table(path: str | Path, keep_raw: Sequence[str] = ()) -> Table:
-    """Read a record file; ``keep_raw`` columns (ids) stay as strings exactly as written."""
+    """Read a record file; ``keep_raw`` CSV columns (ids, categorical fields) stay strings
+    exactly as written, even where they look like numbers."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
@@ -156,10 +179,15 @@ def read_table(path: str | Path, keep_raw: Sequence[str] = ()) -> Table:
 
 
 def write_csv(path: str | Path, header: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
-    """Write rows; floats keep full precision (shortest repr that round-trips)."""
+    """Write rows (the folder is created if needed); floats keep full precision (shortest repr
+    that round-trips)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(header)
+            writer.writerows(rows)
+    except OSError as exc:  # no permission, a file where a folder belongs, a full disk
+        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
+        raise OutputError(f"cannot write {out}: {reason}") from None

@@ -9,12 +9,15 @@ serves Prometheus metrics (and the query API) -> a summary against the injected 
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from rich.console import Console
@@ -34,6 +37,7 @@ from streams.consumer import RunTotals
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
 
+T = TypeVar("T")
 TOPIC = "patients"
 PARTITIONS = 2
 MALFORMED = [
@@ -155,6 +159,35 @@ def _train(data: DemoData, model_dir: Path, console: Console) -> Detector:
     return detector
 
 
+def _off_main_thread(call: Callable[[], T], stop: threading.Event | None = None) -> T:
+    """Make a Kafka call in a worker thread and wait for it here. kafka-python catches
+    BaseException around its socket I/O, so a Ctrl-C (a KeyboardInterrupt, raised in the main
+    thread) landing inside a Kafka call of the main thread is taken for a lost connection and
+    the demo runs on. On Ctrl-C, ``stop`` asks a call that can end early to end, and we wait."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # re-raised in the main thread, below
+            failure.append(exc)
+
+    worker = threading.Thread(target=run, name="demo-kafka", daemon=True)
+    try:
+        worker.start()
+        worker.join()
+    except BaseException:  # Ctrl-C, maybe even while the thread was starting
+        if stop is not None:
+            stop.set()
+        if worker.is_alive():
+            worker.join()
+        raise
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def _send(
     bootstrap: str,
     messages: list[dict[str, Any] | bytes],
@@ -163,7 +196,9 @@ def _send(
 ) -> float:
     """Replay the messages and wait until all were consumed; the wall time taken."""
     started = time.monotonic()
-    replay_to(bootstrap, messages, TOPIC, rate=rate)
+    stop = threading.Event()
+    records = itertools.takewhile(lambda _: not stop.is_set(), messages)
+    _off_main_thread(lambda: replay_to(bootstrap, records, TOPIC, rate=rate), stop)
     deadline = time.monotonic() + 60
     while consumer.consumed < len(messages) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -211,7 +246,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
         console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
         _train(data, workdir / "model", console)
-        ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS)
+        _off_main_thread(lambda: ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS))
         settings = ConsumeSettings(
             model=workdir / "model",
             bootstrap=broker.bootstrap,

@@ -94,21 +94,27 @@ class EmbeddedBroker:
             env=env,
             start_new_session=True,
         )
+        try:
+            self._wait_until_listening(self._process)
+        except BaseException:  # a timeout, or Ctrl-C while waiting: leave no broker behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_listening(self, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not _port_open(self.host, self.port):
-            if self._process.poll() is not None:
+            if process.poll() is not None:
                 raise BrokerError(
-                    f"the embedded broker exited with code {self._process.returncode}"
+                    f"the embedded broker exited with code {process.returncode}"
                     f" (log: {self.log_path or 'not kept'})"
                 )
             if time.monotonic() > deadline:
-                self.stop()
                 raise BrokerError(
                     f"the embedded broker did not listen on {self.bootstrap} "
                     f"within {_START_TIMEOUT_S:.0f} s"
                 )
             time.sleep(0.02)
-        return self
 
     def stop(self, kill: bool = False) -> None:
         """Stop the broker: SIGTERM and wait, or SIGKILL (``kill=True``) like a crash."""

@@ -187,6 +187,10 @@ def test_missing_columns_are_scored_as_missing_with_a_warning(
         ("bad_fpr", "--fpr must be between 0 and 1, got 2.0"),
         ("bad_jsonl", "1 unreadable row(s), first: line 2: not valid JSON"),
         ("unknown_exclude", "column 'nope' named in the options is not in the data"),
+        ("damaged_parquet", "is not a readable Parquet file"),
+        ("out_not_creatable", "cannot write a model to"),
+        ("bad_fpr_type", "Invalid value for '--fpr'"),
+        ("missing_option", "Missing option '--out' (see `"),
     ],
 )
 def test_train_user_errors(tmp_path: Path, case: str, message: str) -> None:
@@ -210,8 +214,22 @@ def test_train_user_errors(tmp_path: Path, case: str, message: str) -> None:
     elif case == "unknown_exclude":
         data.write_text("a\n1\n2\n")
         extra = ["--exclude", "nope"]
-    proc = run("train", "--data", data, "--out", tmp_path / "m", *extra, ok=False)
+    elif case == "damaged_parquet":
+        data = tmp_path / "data.parquet"
+        data.write_bytes(b"PAR1 this is not the rest of a parquet file PAR1")
+    elif case == "bad_fpr_type":
+        extra = ["--fpr", "abc"]
+    out: list[str | Path] = ["--out", tmp_path / "m"]
+    if case == "out_not_creatable":  # its parent is a file
+        data.write_text("a,b\n" + "".join(f"{i % 7},{i % 5}\n" for i in range(60)))
+        (tmp_path / "taken").write_text("a file")
+        out = ["--out", tmp_path / "taken" / "m"]
+    elif case == "missing_option":
+        out = []
+    proc = run("train", "--data", data, *out, *extra, ok=False)
     assert_user_error(proc, message)
+    if case in ("bad_fpr_type", "missing_option"):
+        assert proc.returncode == 2  # click's code for a command line it cannot parse
 
 
 def test_score_user_errors(tmp_path: Path, model: Path, files: dict[str, Path]) -> None:
@@ -236,6 +254,108 @@ def test_score_user_errors(tmp_path: Path, model: Path, files: dict[str, Path]) 
 
     proc = run("inspect", "--model", tmp_path / "absent", ok=False)
     assert_user_error(proc, "does not exist")
+
+
+@pytest.mark.parametrize("case", ["folder_not_creatable", "out_is_a_folder"])
+def test_score_output_that_cannot_be_written(
+    tmp_path: Path, model: Path, files: dict[str, Path], case: str
+) -> None:
+    if case == "folder_not_creatable":
+        (tmp_path / "taken").write_text("a file")
+        out = tmp_path / "taken" / "scores" / "o.csv"
+    else:
+        out = tmp_path
+    proc = run("score", "--model", model, "--data", files["test"], "--out", out, ok=False)
+    assert_user_error(proc, f"cannot write {out}: ")
+
+
+def test_usage_errors_are_one_line_and_help_is_untouched(tmp_path: Path) -> None:
+    proc = run("score", "--model", tmp_path, ok=False)
+    assert_user_error(proc, "Missing option '--data' (see `")
+    assert proc.returncode == 2
+    proc = run("nosuch", ok=False)
+    assert_user_error(proc, "No such command 'nosuch'")
+    proc = run("score", "--help")
+    assert proc.stderr == ""
+    assert "Usage:" in proc.stdout and "--data" in proc.stdout and "--out" in proc.stdout
+    proc = run(ok=False)  # no command: the help, as `--help` gives it, and click's code
+    assert proc.returncode == 2 and proc.stderr == ""
+    assert proc.stdout.strip() == run("--help").stdout.strip()
+
+
+def test_a_bad_cell_in_a_numeric_csv_column_rejects_only_its_row(
+    model: Path, files: dict[str, Path]
+) -> None:
+    with files["test"].open() as fh:
+        rows = list(csv.DictReader(fh))[:3]
+    rows[1]["mean_radius"] = "abc"
+    path = files["root"] / "bad-cell.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = files["root"] / "bad-cell-scores.csv"
+    proc = run("score", "--model", model, "--data", path, "--out", out)
+    assert "scored 2 of 3 rows" in proc.stdout
+    with out.open() as fh:
+        scored = list(csv.DictReader(fh))
+    assert [bool(r["score"]) for r in scored] == [True, False, True]
+    assert [r["reason"] for r in scored] == [
+        "",
+        "field 'mean_radius': expected a number, got string",
+        "",
+    ]
+
+
+def test_scores_keep_the_id_column_when_the_data_lacks_it(
+    model: Path, files: dict[str, Path]
+) -> None:
+    with files["test"].open() as fh:
+        rows = list(csv.DictReader(fh))[:4]
+    path = files["root"] / "no-ids.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=[k for k in rows[0] if k != "record_id"])
+        w.writeheader()
+        w.writerows([{k: v for k, v in r.items() if k != "record_id"} for r in rows])
+    out = files["root"] / "no-ids-scores.csv"
+    proc = run("score", "--model", model, "--data", path, "--out", out)
+    assert proc.stderr.strip().splitlines() == [
+        f"latentwatch: warning: id column 'record_id' absent from {path}: written empty"
+    ]
+    with out.open() as fh:
+        reader = csv.DictReader(fh)
+        scored = list(reader)
+    assert reader.fieldnames is not None and reader.fieldnames[0] == "record_id"
+    assert [r["record_id"] for r in scored] == [""] * 4
+    assert all(r["score"] for r in scored)
+
+
+def test_csv_text_columns_stay_text_and_mixed_columns_are_not_features(tmp_path: Path) -> None:
+    """Training: a column of codes where a few look like numbers ("7") is categorical, codes
+    included; a numeric column with a stray string is not silently turned categorical, it is
+    left out with its reason. Scoring: the model's categorical fields are read as text, so a
+    batch of mostly "7" is not a column of numbers."""
+    rng = np.random.RandomState(0)
+    train = tmp_path / "train.csv"
+    with train.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["a", "b", "region", "level"])
+        for i in range(120):
+            level = "abc" if i == 50 else str(i % 5 + 1)  # integers 1-5 and one stray string
+            w.writerow([rng.normal(), rng.normal(), ("eu", "us", "7")[i % 3], level])
+    proc = run("train", "--data", train, "--out", tmp_path / "m", "--seed", "1")
+    assert "column 'level' not used: mixed or unsupported value types (float, str)" in proc.stderr
+    manifest = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    fields = {f["name"]: f for f in manifest["schema"]["fields"]}
+    assert set(fields) == {"a", "b", "region"}
+    assert fields["region"]["kind"] == "categorical"
+    assert fields["region"]["categories"] == ["7", "eu", "us"]
+
+    data = tmp_path / "codes.csv"
+    data.write_text("a,b,region\n0.1,0.2,7\n-0.3,0.1,7\n0.2,-0.1,eu\n")
+    out = tmp_path / "scores.csv"
+    proc = run("score", "--model", tmp_path / "m", "--data", data, "--out", out)
+    assert "scored 3 of 3 rows" in proc.stdout
 
 
 def test_parquet_scores_like_csv(files: dict[str, Path], model: Path) -> None:

@@ -4,7 +4,10 @@ consume's one-line errors, db upgrade/prune, evaluate."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,6 +58,58 @@ def test_demo_runs_the_whole_path_and_prints_a_summary(tmp_path: Path) -> None:
     )
     assert stored == int(numbers["flagged (stored in SQLite)"])
     assert (tmp_path / "model" / "manifest.json").exists()
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return pids
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
+    """Ctrl-C while the stream runs (broker, consumer, API all up): a prompt exit with 130,
+    and the broker process the demo started is gone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latentwatch", "demo", "--workdir", str(tmp_path), "--rate", "200"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"embedded broker \(Tansu\) at 127\.0\.0\.1:(\d+)", line)
+            port = int(found[1]) if found else port
+            if line.startswith("replaying"):  # 1,905 messages at 200/s: ~10 s of stream
+                break
+        else:
+            pytest.fail(f"the demo ended before its stream started: {proc.communicate()[1]}")
+        assert port is not None, "the demo never reported its broker"
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    leftover = _processes_mentioning(f"tcp://127.0.0.1:{port}")
+    for pid in leftover:  # do not leak a broker into the other tests
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "latentwatch: interrupted" in stderr.splitlines()
+    assert leftover == []
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
 @pytest.mark.kafka
@@ -309,3 +364,33 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     proc = run("db", "prune", "--db", url, "--older-than", "soon")
     assert proc.returncode == 1
     assert proc.stderr.startswith("latentwatch: error: ") and "Traceback" not in proc.stderr
+
+
+UNREACHABLE_POSTGRES = "postgresql+psycopg://u@127.0.0.1:1/x"
+
+
+@pytest.mark.parametrize(
+    ("command", "db", "message"),
+    [
+        (["db", "upgrade"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
+        (["db", "prune"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
+        (["evaluate"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
+        (["api", "--port", "0"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
+        (["db", "upgrade"], "sqlite:///{tmp}/taken/lw.db", "{tmp}/taken: File exists"),
+        (["evaluate"], "sqlite:///{tmp}", "database unavailable: unable to open database file"),
+    ],
+    ids=["upgrade", "prune", "evaluate", "api", "sqlite-folder-blocked", "sqlite-is-a-folder"],
+)
+def test_a_database_that_cannot_be_used_is_one_clear_line(
+    tmp_path: Path, command: list[str], db: str, message: str
+) -> None:
+    """Unreachable PostgreSQL; a SQLite file whose folder cannot be created (a file is in the
+    way); a SQLite "file" that is a directory."""
+    (tmp_path / "taken").write_text("a file")
+    proc = run(*command, "--db", db.format(tmp=tmp_path))
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("latentwatch: error: ")
+    assert message.format(tmp=tmp_path) in lines[0]
