@@ -28,7 +28,7 @@ from safetensors import SafetensorError
 
 from detector.calibration import Calibration
 from detector.detector import Detector, DetectorConfig, FitReport, LatentMap
-from detector.errors import ArtifactError
+from detector.errors import ArtifactError, os_error_reason
 from detector.mixture import ReferenceMixture
 from detector.schema import Schema
 from detector.scoring import Calibrations
@@ -128,8 +128,7 @@ def save(
     try:
         return _write(detector, path, source, now)
     except OSError as exc:  # no permission, a file where a folder belongs, a full disk
-        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
-        raise ArtifactError(f"cannot write a model to {path}: {reason}") from None
+        raise ArtifactError(f"cannot write a model to {path}: {os_error_reason(exc)}") from None
     except SafetensorError as exc:  # the same, met while writing the weights or arrays
         raise ArtifactError(f"cannot write a model to {path}: {exc}") from None
 

@@ -20,3 +20,11 @@ class ArtifactError(LatentwatchError):
 
 class SchemaMismatchError(LatentwatchError):
     """Data to score does not match the schema the model was trained on."""
+
+
+def os_error_reason(exc: OSError) -> str:
+    """What went wrong with a file, for a message that already names the file the user asked
+    for: the system's reason and the path it failed on (a parent folder, perhaps)."""
+    if exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)

@@ -22,7 +22,7 @@ import numpy as np
 import orjson
 
 from detector.encoding import plain_value
-from detector.errors import DataError, LatentwatchError
+from detector.errors import DataError, LatentwatchError, os_error_reason
 from detector.schema import Column
 
 _NA = frozenset({"", "na", "n/a", "nan", "null", "none", "-"})
@@ -189,5 +189,4 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterator[Sequence[A
             writer.writerow(header)
             writer.writerows(rows)
     except OSError as exc:  # no permission, a file where a folder belongs, a full disk
-        reason = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else exc
-        raise OutputError(f"cannot write {out}: {reason}") from None
+        raise OutputError(f"cannot write {out}: {os_error_reason(exc)}") from None
