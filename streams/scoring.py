@@ -133,7 +133,8 @@ def score_messages(
     Flagged records are explained by their ``explained_features`` most surprising fields (0:
     every field). With a ``typed`` decoder for the model, a batch it takes skips the dicts;
     its flagged records are decoded by orjson like any other."""
-    if typed is not None and policy.plain:
+    typed = typed if policy.plain else None  # the typed path knows no policy beyond the size
+    if typed is not None:
         batch = _score_typed(
             topic, messages, detector, typed, policy.max_bytes, now, explained_features
         )
