@@ -78,7 +78,14 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def dumps_json(value: Any) -> str:
+class JSONText(str):
+    """JSON that :func:`dumps_json` wrote (and checked): bound to a JSON/JSONB column, the
+    engine's serializer passes it through instead of encoding the value a second time."""
+
+    __slots__ = ()
+
+
+def dumps_json(value: Any) -> JSONText:
     """JSON for the JSON/JSONB columns, exactly as the engine will write it (orjson), refusing
     what PostgreSQL refuses: NaN and infinity (which orjson would quietly write as null),
     integers beyond 64 bits, non-string keys, unpaired surrogates. Read-only mappings
@@ -86,13 +93,15 @@ def dumps_json(value: Any) -> str:
     text = orjson.dumps(value, default=_json_default)  # JSONEncodeError is a TypeError
     if b"null" in text:  # a None, or a NaN written as null: the strict encoder tells which
         json.dumps(value, allow_nan=False, default=_json_default)
-    return text.decode()
+    return JSONText(text.decode())
 
 
 def _write_json(value: Any) -> str:
     """The engine's JSON serializer: orjson, about ten times faster than json.dumps. Records
-    reach the engine through write_flagged, whose check_storable has already refused what
-    :func:`dumps_json` refuses."""
+    reach the engine through write_flagged, which binds the :class:`JSONText` its checks
+    wrote (passed through here); anything else is encoded."""
+    if type(value) is JSONText:
+        return value
     return orjson.dumps(value, default=_json_default).decode()
 
 
