@@ -161,15 +161,19 @@ class Detector:
 
     def score_encoded(self, batch: EncodedBatch) -> ScoreBatch:
         n = len(batch.valid)
+        every_row = bool(batch.valid.all())  # the usual batch: no row to leave out or fill in
         ok = np.flatnonzero(batch.valid)
-        rows = batch.matrix[ok]
+        rows = batch.matrix if every_row else batch.matrix[ok]
+        missing = batch.missing if every_row else batch.missing[ok]
         latent, recon = _forward(self.vae, rows)
         density, cluster, distance = self.mixture.assess(latent)
-        contrib = field_contributions(self.schema, rows, recon, self.variances, batch.missing[ok])
+        contrib = field_contributions(self.schema, rows, recon, self.variances, missing)
         reconstruction = contrib.sum(axis=1)
         cal = calibrated(self.calibrations, density, reconstruction)
 
         def full(values: np.ndarray, fill: float | int | bool) -> np.ndarray:
+            if every_row:
+                return values
             out = np.full((n, *values.shape[1:]), fill, dtype=values.dtype)
             out[ok] = values
             return out

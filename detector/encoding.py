@@ -133,6 +133,10 @@ def encode_columns(
 
     ``reasons`` may carry reasons found earlier (e.g. a row that was not an object).
     """
+    if reasons is None and schema.numeric_scaling is not None:
+        block = _numeric_matrix(schema.names, columns, n_rows)
+        if block is not None:
+            return _encode_numeric_matrix(schema.numeric_scaling, block)
     reasons = list(reasons) if reasons is not None else [None] * n_rows
     matrix = np.zeros((n_rows, schema.width), dtype=np.float32)
     missing = np.zeros((n_rows, len(schema.fields)), dtype=bool)
@@ -155,6 +159,32 @@ def encode_columns(
         valid = np.fromiter((r is None for r in reasons), dtype=bool, count=n_rows)
         matrix[~valid] = 0.0
     return EncodedBatch(matrix=matrix, missing=missing, valid=valid, reasons=tuple(reasons))
+
+
+def _numeric_matrix(names: Sequence[str], columns: Columns, n_rows: int) -> np.ndarray | None:
+    """The columns side by side when each is a numeric array of n_rows values (as the typed
+    stream decoder and Parquet give them), else None: lists need their values checked."""
+    arrays = [columns.get(name) for name in names]
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu" or a.shape != (n_rows,):
+            return None
+    return np.column_stack(cast(list[np.ndarray], arrays)).astype(np.float64, copy=False)
+
+
+def _encode_numeric_matrix(scaling: tuple[np.ndarray, np.ndarray], raw: np.ndarray) -> EncodedBatch:
+    """:func:`_encode_numeric` for every field at once (the per-field loop cost about 15 µs a
+    field and batch); the same values."""
+    centers, scales = scaling
+    missing = ~np.isfinite(raw)
+    z = np.clip((raw - centers) / scales, -CLIP_SIGMAS, CLIP_SIGMAS)
+    matrix = np.where(missing, 0.0, z).astype(np.float32)
+    n_rows = len(raw)
+    return EncodedBatch(
+        matrix=matrix,
+        missing=missing,
+        valid=np.ones(n_rows, dtype=bool),
+        reasons=(None,) * n_rows,
+    )
 
 
 def numeric_block(names: Sequence[str], records: Sequence[object]) -> np.ndarray | None:

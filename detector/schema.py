@@ -110,6 +110,15 @@ class Schema:
             start += f.width
         return tuple(out)
 
+    @cached_property
+    def numeric_scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Centres and scales of the fields, as arrays, when every field is numeric (else
+        None): what the encoder's one-pass path over a whole numeric matrix needs."""
+        if not self.fields or any(f.kind is not FieldKind.NUMERIC for f in self.fields):
+            return None
+        centers = np.array([f.center for f in self.fields], dtype=np.float64)
+        return centers, np.array([f.scale for f in self.fields], dtype=np.float64)
+
     def missing_probabilities(self) -> np.ndarray:
         """Per field, the smoothed probability of a missing value in reference data: a field
         never missing in n rows gets 1/(n+2), so a missing value there costs about log(n) nats."""
