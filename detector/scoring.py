@@ -84,9 +84,18 @@ def field_contributions(
     missing: np.ndarray,
 ) -> np.ndarray:
     """Per-field reconstruction negative log-likelihood in nats, [n, n_fields]."""
-    per_column = 0.5 * (reconstruction.astype(np.float64) - matrix) ** 2 / variances
-    starts = np.array([s.start for s in schema.slices], dtype=np.intp)
-    per_field = np.add.reduceat(per_column, starts, axis=1)
+    # 0.5 * (reconstruction - matrix) ** 2 / variances, in place: the same operations in the
+    # same order (the same bits), without four temporary matrices.
+    per_column = reconstruction.astype(np.float64)
+    per_column -= matrix
+    np.square(per_column, out=per_column)
+    per_column *= 0.5
+    per_column /= variances
+    if schema.width == len(schema.fields):  # one column per field: nothing to add up
+        per_field = per_column
+    else:
+        starts = np.array([s.start for s in schema.slices], dtype=np.intp)
+        per_field = np.add.reduceat(per_column, starts, axis=1)
     q = schema.missing_probabilities()
     per_field += np.where(missing, -np.log(q), -np.log1p(-q))
     return per_field

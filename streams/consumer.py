@@ -19,6 +19,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -105,8 +106,15 @@ class RunTotals:
     stored: int = 0
 
 
+# Per-message fields, read in C: the loop handles thousands of messages a batch.
+_TOPIC = attrgetter("topic")
+_TOPIC_PARTITION = attrgetter("topic", "partition")
+_OFFSET = attrgetter("offset")
+_TIMESTAMP = attrgetter("timestamp")
+
+
 def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
-    topics = {m.topic for m in messages}
+    topics = set(map(_TOPIC, messages))
     if len(topics) == 1:  # the usual consumer of one topic
         return {topics.pop(): list(messages)}
     groups: dict[str, list[Message]] = defaultdict(list)
@@ -135,7 +143,8 @@ def _stream_counts(batches: Sequence[TopicBatch], now: datetime) -> list[StreamC
 def _next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
     """Per partition, the offset after its last message (a poll gives each partition's
     messages in offset order): where the group resumes."""
-    return {(m.topic, m.partition): m.offset + 1 for m in messages}
+    last = dict(zip(map(_TOPIC_PARTITION, messages), map(_OFFSET, messages), strict=True))
+    return {partition: offset + 1 for partition, offset in last.items()}
 
 
 def _timestamps_ms(parts: list[np.ndarray]) -> np.ndarray:
@@ -322,7 +331,7 @@ class ConsumerLoop:
                     p_values=s.p_value,
                 )
             done = [*b.scored_messages, *(r.message for r in b.rejections)]
-            ms = np.array([msg.timestamp for msg in done], dtype=np.float64)  # None: nan
+            ms = np.array(list(map(_TIMESTAMP, done)), dtype=np.float64)  # None: nan
             ms[ms < 0] = np.nan  # -1: the broker gave none
             m.record_persisted(b.topic, ms / 1000.0, committed_at)
             timestamps.append(ms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, cast
 
 import numpy as np
@@ -32,6 +33,7 @@ EXPLAINED_FEATURES = 5
 _SCORE_FIELDS = tuple(
     f.name for f in fields(FlaggedRecord) if f.name in {g.name for g in fields(ScoreBatch)}
 )
+_VALUE = attrgetter("value")
 # Epoch numbers above this are milliseconds, not seconds (this is the year 2286 in seconds).
 _EPOCH_MS_THRESHOLD = 10_000_000_000
 
@@ -182,7 +184,7 @@ def _score_typed(  # noqa: PLR0917  (a private step of score_messages, called on
     explained_features: int,
 ) -> TopicBatch | None:
     """The batch scored from typed columns, or None if the typed decoder declines it."""
-    values = [m.value for m in messages]
+    values = list(map(_VALUE, messages))
     columns = typed.columns(values, max_bytes)
     if columns is None:
         return None

@@ -99,9 +99,8 @@ class TypedDecoder:
         payloads = cast(Sequence[bytes], values)
         if max(map(len, payloads)) > max_bytes:
             return None
-        decode = self._decode
         try:
-            structs = [decode(v) for v in payloads]
+            structs = list(map(self._decode, payloads))
         except msgspec.DecodeError:  # not JSON, not an object, a type or field not accepted
             return None
         n, width = len(structs), len(self._fields)
