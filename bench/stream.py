@@ -8,12 +8,14 @@ breast-cancer set resampled, 5 % malignant):
 2. latentwatch end to end on the same topic: consume, decode, validate, score, persist flagged
    records to SQLite (or PostgreSQL with --postgres), dead-letter, commit (the consumer in
    this process, like the baseline); then the same with orjson decoding only (without the
-   typed fast path of streams/typed.py);
+   typed fast path of streams/typed.py). Steps 1 and 2 run --rounds times, alternated, each
+   on a new consumer group reading the whole topic: the ratio of a round compares two runs a
+   few seconds apart, and the median round is reported with the ratios of all;
 3. end-to-end latency (message timestamp -> batch committed) at a steady --rate;
 4. peak RSS of a `latentwatch consume` process that consumes the whole topic;
 5. scale-out: two `latentwatch consume` processes in one group over the same topic.
 
-    python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20]
+    python bench/stream.py [--records 200000] [--rate 1000] [--seconds 20] [--rounds 3]
     python bench/stream.py --stages   # where the time goes: microseconds per record per stage
     python bench/stream.py --no-freeze  # without the consumer's garbage-collector freeze
     python bench/stream.py --stages --no-typed-decoding  # the stages of the orjson path
@@ -32,7 +34,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,7 @@ def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]
         row = rng.choice(malignant) if rng.random() < 0.05 else rng.choice(pool)
         rec = {"id": f"r{i}", **dict(zip(names, map(float, data.data[row]), strict=True))}
         values.append(orjson.dumps(rec))
-    columns = {
+    columns: dict[str, list[object]] = {
         "id": [f"t{i}" for i in train],
         **{n_: list(map(float, data.data[train, j])) for j, n_ in enumerate(names)},
     }
@@ -128,6 +130,27 @@ def raw_ceiling(
         return n / (time.perf_counter() - first)
     finally:
         consumer.close()
+
+
+@dataclass(frozen=True)
+class Round:
+    """One raw run and the latentwatch runs right after it, on the same topic."""
+
+    raw: float  # records/s
+    e2e: float
+    e2e_orjson: float
+    flagged: int
+    slowest_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.e2e / self.raw
+
+    def summary(self) -> str:
+        return (
+            f"raw {self.raw:,.0f}, latentwatch {self.e2e:,.0f} (ratio {self.ratio:.2f}), "
+            f"orjson only {self.e2e_orjson:,.0f} ({self.e2e_orjson / self.raw:.2f}) records/s"
+        )
 
 
 def wait_consumed(consumer: BackgroundConsumer, n: int, timeout_s: float) -> None:
@@ -288,6 +311,12 @@ def main() -> None:
         help="records per poll, for the raw loop and latentwatch alike",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="raw/latentwatch pairs, alternated on the same topic; the median round is shown",
+    )
+    parser.add_argument(
         "--stages",
         action="store_true",
         help="time each stage of the end-to-end run instead (slows it a little); no other tests",
@@ -325,7 +354,6 @@ def main() -> None:
         ensure_topics(broker.bootstrap, ["bench", "latency"], partitions=PARTITIONS)
         produce(broker.bootstrap, "bench", values)
 
-        raw = raw_ceiling(broker.bootstrap, "bench", args.records, args.max_records)
         settings = ConsumeSettings(
             model=workdir / "model",
             bootstrap=broker.bootstrap,
@@ -336,15 +364,14 @@ def main() -> None:
             max_records=args.max_records,
             typed_decoding=not args.no_typed_decoding,
         )
-        with BackgroundConsumer(settings) as consumer:
-            wait_consumed(consumer, args.records, timeout_s=300)
-        e2e = end_to_end_rate(consumer.reports)
-        flagged = sum(r.flagged for r in consumer.reports)
-        slowest = max(r.duration_s for r in consumer.reports)
         if spent is not None:
+            raw = raw_ceiling(broker.bootstrap, "bench", args.records, args.max_records)
+            with BackgroundConsumer(settings) as consumer:
+                wait_consumed(consumer, args.records, timeout_s=300)
             print(describe())
             print(
-                f"raw ceiling {raw:,.0f} records/s; end to end with timers {e2e:,.0f} records/s; "
+                f"raw ceiling {raw:,.0f} records/s; end to end with timers "
+                f"{end_to_end_rate(consumer.reports):,.0f} records/s; "
                 f"flagged records stored in {store}"
             )
             print("| stage | µs per record |")
@@ -353,12 +380,34 @@ def main() -> None:
                 print(f"| {label} | {seconds / args.records * 1e6:.1f} |")
             return
 
-        orjson_settings = replace(
-            settings, db=database("e2e-orjson"), group="bench-e2e-orjson", typed_decoding=False
-        )
-        with BackgroundConsumer(orjson_settings) as consumer:
-            wait_consumed(consumer, args.records, timeout_s=300)
-        e2e_orjson = end_to_end_rate(consumer.reports)
+        # Rounds alternate the raw loop and latentwatch (each on a new group, reading the
+        # whole topic), so that both see the same drift of the machine and the broker.
+        rounds = []
+        for i in range(args.rounds):
+            raw = raw_ceiling(
+                broker.bootstrap, "bench", args.records, args.max_records, f"bench-raw-{i}"
+            )
+            round_settings = replace(settings, db=database(f"e2e-{i}"), group=f"bench-e2e-{i}")
+            with BackgroundConsumer(round_settings) as consumer:
+                wait_consumed(consumer, args.records, timeout_s=300)
+            orjson_settings = replace(
+                settings,
+                db=database(f"e2e-orjson-{i}"),
+                group=f"bench-e2e-orjson-{i}",
+                typed_decoding=False,
+            )
+            with BackgroundConsumer(orjson_settings) as orjson_consumer:
+                wait_consumed(orjson_consumer, args.records, timeout_s=300)
+            rounds.append(
+                Round(
+                    raw=raw,
+                    e2e=end_to_end_rate(consumer.reports),
+                    e2e_orjson=end_to_end_rate(orjson_consumer.reports),
+                    flagged=sum(r.flagged for r in consumer.reports),
+                    slowest_s=max(r.duration_s for r in consumer.reports),
+                )
+            )
+            print(f"round {i + 1}: {rounds[-1].summary()}", file=sys.stderr)
 
         latency_settings = replace(
             settings,
@@ -378,21 +427,24 @@ def main() -> None:
         two_processes, _ = consumer_processes(settings, 2, args.records, database)
 
     p50, p99 = np.percentile(latencies, [50, 99]) * 1000
+    mid = sorted(rounds, key=lambda r: r.ratio)[len(rounds) // 2]  # the median round
     print(describe())
     print(
         f"{args.records:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, "
         f"kafka-python, polls of up to {args.max_records:,} records, 1 torch thread; "
-        f"{flagged:,} flagged, stored in {store}"
+        f"{mid.flagged:,} flagged, stored in {store}; {len(rounds)} rounds, the median round "
+        "by ratio shown"
     )
     print("| measure | value |")
     print("|---|---|")
-    print(f"| raw ceiling (poll + orjson + commit per batch) | {raw:,.0f} records/s |")
-    print(f"| latentwatch end to end | {e2e:,.0f} records/s |")
-    print(f"| slowest batch of the end-to-end run | {slowest * 1000:.0f} ms |")
-    print(f"| ratio (target >= 0.75) | {e2e / raw:.2f} |")
+    print(f"| raw ceiling (poll + orjson + commit per batch) | {mid.raw:,.0f} records/s |")
+    print(f"| latentwatch end to end | {mid.e2e:,.0f} records/s |")
+    print(f"| slowest batch of the end-to-end run | {mid.slowest_s * 1000:.0f} ms |")
+    print(f"| ratio (target >= 0.75) | {mid.ratio:.2f} |")
+    print(f"| ratios of all rounds | {', '.join(f'{r.ratio:.2f}' for r in rounds)} |")
     print(
-        f"| the same with orjson decoding only (--no-typed-decoding) | {e2e_orjson:,.0f} "
-        f"records/s, ratio {e2e_orjson / raw:.2f} |"
+        f"| the same with orjson decoding only (--no-typed-decoding) | {mid.e2e_orjson:,.0f} "
+        f"records/s, ratio {mid.e2e_orjson / mid.raw:.2f} |"
     )
     print(
         f"| latency p50 / p99 at {args.rate:,.0f} records/s (target p99 < 100 ms) "
@@ -401,7 +453,7 @@ def main() -> None:
     print(f"| consumer peak RSS (target < 600 MB) | {rss:,.0f} MB |")
     print(
         f"| scale-out: 2 consumer processes in one group (both cores) | {two_processes:,.0f} "
-        f"records/s = {two_processes / raw:.2f} x the one-process raw ceiling |"
+        f"records/s = {two_processes / mid.raw:.2f} x the median round's raw ceiling |"
     )
 
 

@@ -1,0 +1,162 @@
+"""The consumer's own work per record, without a broker: steadier than bench/stream.py.
+
+The real ``ConsumerLoop.process`` (decode, validate, score, explain, write flagged records to
+SQLite in one transaction a batch, metrics) runs on pre-built micro-batches of the records
+bench/stream.py sends (30 numeric features, 5 % malignant), with a source whose commit returns
+at once. Beside it, in the same run: what the raw loop of bench/stream.py does after each poll
+(orjson-decode every value), and the database write alone. Each figure is the best of
+--repeats passes over all batches, a new SQLite file each time.
+
+    python bench/consumer.py [--batches 30] [--batch 2000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import orjson
+import torch
+from machine import describe
+from prometheus_client import CollectorRegistry
+from stream import records
+
+from detector import artifact
+from detector.detector import Detector
+from detector.schema import SchemaOptions
+from storage.database import ensure_schema, make_engine, session_factory
+from storage.repository import write_flagged
+from streams.consumer import ConsumerLoop, LoopSettings, Offsets
+from streams.messages import Message, PlainMessage, Rejection
+from streams.metrics import StreamMetrics
+from streams.sql_sink import SqlSink
+
+PARTITIONS = 4
+
+
+class InstantSource:
+    """Nothing to poll (batches are handed to ``process``); commits succeed at once."""
+
+    def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        return []
+
+    def commit(self, offsets: Offsets) -> bool:
+        return True
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        return {("bench", p): 0 for p in range(PARTITIONS)}
+
+
+class NoDeadLetters:
+    def send(self, rejections: Sequence[Rejection]) -> None:
+        raise AssertionError(f"the bench stream has no bad records: {rejections[0].detail}")
+
+
+def best_seconds(run: Callable[[], object], repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=2000, help="records per micro-batch")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    n = args.batches * args.batch
+    columns, values = records(n)
+    start = 1_700_000_000_000  # Kafka timestamps, ms
+    batches = [
+        [
+            PlainMessage("bench", i % PARTITIONS, i, start + i, None, values[i])
+            for i in range(b * args.batch, (b + 1) * args.batch)
+        ]
+        for b in range(args.batches)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        artifact.save(Detector.fit(columns, SchemaOptions(id_column="id")), workdir / "model")
+        detector, manifest = artifact.load(workdir / "model")
+        files = iter(range(10_000))
+
+        def sink() -> SqlSink:
+            engine = make_engine(f"sqlite:///{workdir / f'run{next(files)}.db'}")
+            ensure_schema(engine)
+            made = SqlSink(session_factory(engine), detector.version, manifest)
+            made.register_model()
+            return made
+
+        def loop(typed: bool) -> ConsumerLoop:
+            metrics = StreamMetrics(CollectorRegistry(), topics=["bench"])
+            metrics.set_model(
+                detector.version,
+                detector.schema.fingerprint(),
+                manifest["created_at"],
+                detector.calibrations.fpr,
+                detector.cluster_shares.tolist(),
+            )
+            return ConsumerLoop(
+                InstantSource(),
+                detector=detector,
+                sink=sink(),
+                dead_letters=NoDeadLetters(),
+                metrics=metrics,
+                settings=LoopSettings(max_records=args.batch, typed_decoding=typed),
+            )
+
+        def consume(typed: bool) -> Callable[[], None]:
+            def run() -> None:
+                each = loop(typed)
+                stop = threading.Event()
+                for batch in batches:
+                    each.process(batch, stop)
+
+            return run
+
+        def raw_work() -> None:
+            for batch in batches:
+                for message in batch:
+                    orjson.loads(message.value)  # type: ignore[arg-type]
+
+        scorer = loop(typed=True)
+        flagged = [[r for b in scorer.score(batch) for r in b.flagged] for batch in batches]
+
+        def database_only() -> None:
+            engine = make_engine(f"sqlite:///{workdir / f'write{next(files)}.db'}")
+            ensure_schema(engine)
+            factory = session_factory(engine)
+            for rows in flagged:
+                write_flagged(factory, rows)
+
+        gc.freeze()  # as the consumer does before its loop (latentwatch.service)
+        timings = {
+            "raw loop's work after poll (orjson.loads of each value)": raw_work,
+            "latentwatch process(), typed decoding": consume(typed=True),
+            "latentwatch process(), orjson only (--no-typed-decoding)": consume(typed=False),
+            "of which: the database write alone (write_flagged)": database_only,
+        }
+        results = {label: best_seconds(run, args.repeats) for label, run in timings.items()}
+    per_batch = sum(map(len, flagged)) / args.batches
+    print(describe())
+    print(
+        f"{args.batches} batches of {args.batch:,} records x 30 features, {per_batch:.1f} "
+        f"flagged a batch, SQLite; best of {args.repeats}; 1 torch thread"
+    )
+    print("| work | µs per record |")
+    print("|---|---|")
+    for label, seconds in results.items():
+        print(f"| {label} | {seconds / n * 1e6:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
