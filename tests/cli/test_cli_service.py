@@ -113,6 +113,46 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
+def test_replay_stops_on_ctrl_c(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Ctrl-C during a paced replay: exit 130 at once with one line, records not yet sent are
+    not sent (kafka-python must not take the interrupt for a lost connection, as it did in the
+    demo's consumer)."""
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(f'{{"id": {i}, "x": {i / 7:.3f}}}\n' for i in range(20_000)))
+    topic = "replay-interrupted"
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "latentwatch", "replay", "--data", str(data)),
+            *("--bootstrap", broker.bootstrap, "--topic", topic, "--rate", "1000"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+    )
+    try:
+        seen = 0
+        while seen == 0:  # sending has begun
+            seen += sum(len(v) for v in consumer.poll(timeout_ms=500).values())
+            assert proc.poll() is None, proc.communicate()[1]
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)  # 20,000 records at 1,000/s would take 20 s
+        while batch := consumer.poll(timeout_ms=1500):
+            seen += sum(len(v) for v in batch.values())
+    finally:
+        consumer.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "latentwatch: interrupted"
+    assert "Traceback" not in stderr
+    assert 0 < seen < 20_000
+
+
+@pytest.mark.kafka
 def test_replay_sends_every_record_of_a_file(broker: EmbeddedBroker, tmp_path: Path) -> None:
     data = tmp_path / "records.csv"
     data.write_text("id,amount,region\na1,10.5,eu\na2,11.0,us\na3,,eu\n")
