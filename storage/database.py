@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
@@ -39,6 +40,10 @@ SQLITE_IMMEDIATE = "latentwatch_sqlite_immediate"
 
 class DatabaseUrlError(LatentwatchError, ValueError):
     """A --db URL that is malformed or names an unsupported database."""
+
+
+class DatabaseFileError(LatentwatchError):
+    """A SQLite URL names a file that is not a SQLite database (or a damaged one)."""
 
 
 class SchemaVersionError(LatentwatchError):
@@ -152,6 +157,15 @@ def _sqlite_engine(url: URL) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, json_serializer=_write_json, json_deserializer=orjson.loads)
 
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Dialect, _record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+        # sqlite3 says "unable to open database file" without saying which: name it (still
+        # an OperationalError, so the consumer keeps retrying a file that may appear).
+        try:
+            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        except sqlite3.OperationalError as exc:
+            raise sqlite3.OperationalError(f"{exc}: {database}") from exc
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Let SQLAlchemy emit BEGIN itself (below): the sqlite3 module's legacy mode would
@@ -160,7 +174,15 @@ def _sqlite_engine(url: URL) -> Engine:
         cursor = dbapi_connection.cursor()
         try:
             # WAL: API readers do not block the consumer's writes, nor the other way round.
-            cursor.execute("PRAGMA journal_mode=WAL")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.DatabaseError as exc:
+                if type(exc) is not sqlite3.DatabaseError:  # locked, I/O error: retried
+                    raise
+                # "file is not a database", "database disk image is malformed": no retry helps
+                raise DatabaseFileError(
+                    f"{database} is not a SQLite database, or a damaged one ({exc})"
+                ) from exc
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             # Off by default in SQLite; needed for ON DELETE CASCADE (feedback on prune).
             cursor.execute("PRAGMA foreign_keys=ON")

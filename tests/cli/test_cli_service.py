@@ -417,15 +417,33 @@ UNREACHABLE_POSTGRES = "postgresql+psycopg://u@127.0.0.1:1/x"
         (["evaluate"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
         (["api", "--port", "0"], UNREACHABLE_POSTGRES, "database unavailable: connection failed"),
         (["db", "upgrade"], "sqlite:///{tmp}/taken/lw.db", "{tmp}/taken: File exists"),
-        (["evaluate"], "sqlite:///{tmp}", "database unavailable: unable to open database file"),
+        (
+            ["evaluate"],
+            "sqlite:///{tmp}",
+            "database unavailable: unable to open database file: {tmp}",
+        ),
+        (
+            ["db", "prune"],
+            "sqlite:///{tmp}/taken",
+            "{tmp}/taken is not a SQLite database, or a damaged one (file is not a database)",
+        ),
     ],
-    ids=["upgrade", "prune", "evaluate", "api", "sqlite-folder-blocked", "sqlite-is-a-folder"],
+    ids=[
+        "upgrade",
+        "prune",
+        "evaluate",
+        "api",
+        "sqlite-folder-blocked",
+        "sqlite-is-a-folder",
+        "sqlite-not-a-database",
+    ],
 )
 def test_a_database_that_cannot_be_used_is_one_clear_line(
     tmp_path: Path, command: list[str], db: str, message: str
 ) -> None:
     """Unreachable PostgreSQL; a SQLite file whose folder cannot be created (a file is in the
-    way); a SQLite "file" that is a directory."""
+    way); a SQLite "file" that is a directory; a file that is not a SQLite database. SQLite's
+    own messages name no file: these name it."""
     (tmp_path / "taken").write_text("a file")
     proc = run(*command, "--db", db.format(tmp=tmp_path))
     assert proc.returncode == 1
