@@ -29,11 +29,11 @@ from stream import records
 from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
+from latentwatch.service import model_metrics
 from storage.database import ensure_schema, make_engine, session_factory
 from storage.repository import write_flagged
 from streams.consumer import ConsumerLoop, LoopSettings, Offsets
 from streams.messages import Message, PlainMessage, Rejection
-from streams.metrics import StreamMetrics
 from streams.sql_sink import SqlSink
 
 PARTITIONS = 4
@@ -97,20 +97,12 @@ def main() -> None:
             return made
 
         def loop(typed: bool) -> ConsumerLoop:
-            metrics = StreamMetrics(CollectorRegistry(), topics=["bench"])
-            metrics.set_model(
-                detector.version,
-                detector.schema.fingerprint(),
-                manifest["created_at"],
-                detector.calibrations.fpr,
-                detector.cluster_shares.tolist(),
-            )
             return ConsumerLoop(
                 InstantSource(),
                 detector=detector,
                 sink=sink(),
                 dead_letters=NoDeadLetters(),
-                metrics=metrics,
+                metrics=model_metrics(CollectorRegistry(), detector, manifest, ["bench"]),
                 settings=LoopSettings(max_records=args.batch, typed_decoding=typed),
             )
 

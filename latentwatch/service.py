@@ -9,7 +9,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
+from detector.detector import Detector
 from storage.database import ensure_schema, make_engine, redact, session_factory
 from streams.consumer import (
     BatchReport,
@@ -96,6 +97,24 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def model_metrics(
+    registry: CollectorRegistry,
+    detector: Detector,
+    manifest: Mapping[str, Any],
+    topics: Iterable[str],
+) -> StreamMetrics:
+    """The consumer's metrics on ``registry``, describing the loaded model."""
+    metrics = StreamMetrics(registry, topics=topics)
+    metrics.set_model(
+        detector.version,
+        detector.schema.fingerprint(),
+        manifest["created_at"],
+        detector.calibrations.fpr,
+        detector.cluster_shares.tolist(),
+    )
+    return metrics
+
+
 def run_consumer(
     settings: ConsumeSettings,
     stop: threading.Event | None = None,
@@ -110,14 +129,7 @@ def run_consumer(
     detector, manifest = artifact.load(settings.model)
     engine = make_engine(settings.db)
     registry = registry or CollectorRegistry()
-    metrics = StreamMetrics(registry, topics=settings.topics)
-    metrics.set_model(
-        detector.version,
-        detector.schema.fingerprint(),
-        manifest["created_at"],
-        detector.calibrations.fpr,
-        detector.cluster_shares.tolist(),
-    )
+    metrics = model_metrics(registry, detector, manifest, settings.topics)
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
