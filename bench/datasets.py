@@ -142,8 +142,11 @@ def _cars(columns: dict[str, list[Value]]) -> dict[str, list[Value]]:
         out[k] = [v == 1.0 for v in columns[k]]
     out["body"] = [next((b for b in body if columns[b][i] == 1.0), None) for i in range(n)]
     out["make"] = [
-        next(m for m in ("Buick", "Cadillac", "Chevy", "Pontiac", "Saab", "Saturn")
-             if columns[m][i] == 1.0)
+        next(
+            m
+            for m in ("Buick", "Cadillac", "Chevy", "Pontiac", "Saab", "Saturn")
+            if columns[m][i] == 1.0
+        )
         for i in range(n)
     ]
     return out
@@ -165,62 +168,152 @@ _GERMAN_GROUPS = (
 
 R_SETS: dict[str, RRecipe] = {
     # numeric
-    "sonar": RRecipe("mlbench", "Sonar", "Class", lambda c: c == "M",
-                     "rocks (R) normal; mines (M) down-sampled"),
-    "vehicle": RRecipe("mlbench", "Vehicle", "Class", lambda c: c == "van",
-                       "bus, opel, saab normal; van down-sampled"),
-    "vowels": RRecipe("mlbench", "Vowel", "Class", lambda c: c == "hid",
-                      "ten vowels normal; 'hid' down-sampled; speaker code V1 kept as a string"),
-    "letter": RRecipe("mlbench", "LetterRecognition", "lettr", lambda c: c in {"X", "Y", "Z"},
-                      "letters A-W normal (down-sampled to 5,000); X, Y, Z down-sampled"),
-    "musk": RRecipe("kernlab", "musk", "Class", lambda c: c == "1",
-                    "non-musk normal; musk down-sampled (166 features, 269 normal rows)"),
-    "spambase": RRecipe("kernlab", "spam", "type", lambda c: c == "spam",
-                        "non-spam normal; spam down-sampled (sparse word frequencies)"),
-    "segmentation": RRecipe("caret", "segmentationData", "Class", lambda c: c == "WS",
-                            "well-segmented cells (PS) normal; WS down-sampled",
-                            drop=("Cell", "Case")),
-    "mdrr": RRecipe("caret", "data.frame(mdrrDescr, Class=mdrrClass)", "Class",
-                    lambda c: c == "Inactive",
-                    "active compounds normal; inactive down-sampled (342 descriptors, many "
-                    "sparse or near-constant)"),
-    "dhfr": RRecipe("caret", "dhfr", "Y", lambda c: c == "inactive",
-                    "active compounds normal; inactive down-sampled (228 descriptors)"),
-    "cox2": RRecipe("caret", "data.frame(cox2Descr, Class=cox2Class)", "Class",
-                    lambda c: c == "Active",
-                    "inactive compounds normal; active down-sampled (255 descriptors)"),
+    "sonar": RRecipe(
+        "mlbench", "Sonar", "Class", lambda c: c == "M", "rocks (R) normal; mines (M) down-sampled"
+    ),
+    "vehicle": RRecipe(
+        "mlbench",
+        "Vehicle",
+        "Class",
+        lambda c: c == "van",
+        "bus, opel, saab normal; van down-sampled",
+    ),
+    "vowels": RRecipe(
+        "mlbench",
+        "Vowel",
+        "Class",
+        lambda c: c == "hid",
+        "ten vowels normal; 'hid' down-sampled; speaker code V1 kept as a string",
+    ),
+    "letter": RRecipe(
+        "mlbench",
+        "LetterRecognition",
+        "lettr",
+        lambda c: c in {"X", "Y", "Z"},
+        "letters A-W normal (down-sampled to 5,000); X, Y, Z down-sampled",
+    ),
+    "musk": RRecipe(
+        "kernlab",
+        "musk",
+        "Class",
+        lambda c: c == "1",
+        "non-musk normal; musk down-sampled (166 features, 269 normal rows)",
+    ),
+    "spambase": RRecipe(
+        "kernlab",
+        "spam",
+        "type",
+        lambda c: c == "spam",
+        "non-spam normal; spam down-sampled (sparse word frequencies)",
+    ),
+    "segmentation": RRecipe(
+        "caret",
+        "segmentationData",
+        "Class",
+        lambda c: c == "WS",
+        "well-segmented cells (PS) normal; WS down-sampled",
+        drop=("Cell", "Case"),
+    ),
+    "mdrr": RRecipe(
+        "caret",
+        "data.frame(mdrrDescr, Class=mdrrClass)",
+        "Class",
+        lambda c: c == "Inactive",
+        "active compounds normal; inactive down-sampled (342 descriptors, many "
+        "sparse or near-constant)",
+    ),
+    "dhfr": RRecipe(
+        "caret",
+        "dhfr",
+        "Y",
+        lambda c: c == "inactive",
+        "active compounds normal; inactive down-sampled (228 descriptors)",
+    ),
+    "cox2": RRecipe(
+        "caret",
+        "data.frame(cox2Descr, Class=cox2Class)",
+        "Class",
+        lambda c: c == "Active",
+        "inactive compounds normal; active down-sampled (255 descriptors)",
+    ),
     # mixed-type records
-    "credit": RRecipe("caret", "GermanCredit", "Class", lambda c: c == "Bad",
-                      "German credit: good risks normal; bad down-sampled; the one-hot groups "
-                      "back to string fields",
-                      convert=_collapse_dummies(_GERMAN_GROUPS, ("Telephone", "ForeignWorker"))),
-    "census": RRecipe("kernlab", "income", "INCOME", lambda c: c == "[75.000-",
-                      "income survey: incomes below 75,000 normal; 75,000 and more "
-                      "down-sampled; strings with missing values"),
-    "insurance": RRecipe("kernlab", "ticdata", "CARAVAN", lambda c: c == "insurance",
-                         "CoIL 2000: caravan-policy holders are the anomalies (6 %); 85 fields, "
-                         "strings (39 customer types) and numbers"),
-    "votes": RRecipe("mlbench", "HouseVotes84", "Class", lambda c: c == "republican",
-                     "democrats normal; republicans down-sampled; votes as booleans, "
-                     "abstentions missing", convert=_yes_no_to_bool),
-    "soybean": RRecipe("mlbench", "Soybean", "Class",
-                       lambda c: c in {"2-4-d-injury", "cyst-nematode", "herbicide-injury",
-                                       "diaporthe-pod-&-stem-blight"},
-                       "the four rarest diseases (< 20 rows each) are the anomalies; 35 "
-                       "categorical fields with missing values"),
-    "sacramento": RRecipe("caret", "Sacramento", "type", lambda c: c != "Residential",
-                          "house sales: residential normal; condos and multi-family homes "
-                          "anomalies; city (37) and zip (68) strings"),
-    "aids": RRecipe("MASS", "Aids2", "T.categ", lambda c: c != "hs",
-                    "Australian AIDS cases: male homosexual transmission normal; other "
-                    "transmission categories down-sampled"),
-    "cars": RRecipe("caret", "cars", "make", lambda c: c in {"Cadillac", "Saab"},
-                    "used GM cars: Buick, Chevy, Pontiac, Saturn normal; Cadillac and Saab "
-                    "down-sampled; body type as a string, options as booleans",
-                    convert=_cars),
-    "dna": RRecipe("mlbench", "DNA", "Class", lambda c: c == "ei",
-                   "splice junctions: neither (n) normal; exon-intron (ei) down-sampled; 180 "
-                   "binary categorical fields"),
+    "credit": RRecipe(
+        "caret",
+        "GermanCredit",
+        "Class",
+        lambda c: c == "Bad",
+        "German credit: good risks normal; bad down-sampled; the one-hot groups "
+        "back to string fields",
+        convert=_collapse_dummies(_GERMAN_GROUPS, ("Telephone", "ForeignWorker")),
+    ),
+    "census": RRecipe(
+        "kernlab",
+        "income",
+        "INCOME",
+        lambda c: c == "[75.000-",
+        "income survey: incomes below 75,000 normal; 75,000 and more "
+        "down-sampled; strings with missing values",
+    ),
+    "insurance": RRecipe(
+        "kernlab",
+        "ticdata",
+        "CARAVAN",
+        lambda c: c == "insurance",
+        "CoIL 2000: caravan-policy holders are the anomalies (6 %); 85 fields, "
+        "strings (39 customer types) and numbers",
+    ),
+    "votes": RRecipe(
+        "mlbench",
+        "HouseVotes84",
+        "Class",
+        lambda c: c == "republican",
+        "democrats normal; republicans down-sampled; votes as booleans, abstentions missing",
+        convert=_yes_no_to_bool,
+    ),
+    "soybean": RRecipe(
+        "mlbench",
+        "Soybean",
+        "Class",
+        lambda c: (
+            c
+            in {"2-4-d-injury", "cyst-nematode", "herbicide-injury", "diaporthe-pod-&-stem-blight"}
+        ),
+        "the four rarest diseases (< 20 rows each) are the anomalies; 35 "
+        "categorical fields with missing values",
+    ),
+    "sacramento": RRecipe(
+        "caret",
+        "Sacramento",
+        "type",
+        lambda c: c != "Residential",
+        "house sales: residential normal; condos and multi-family homes "
+        "anomalies; city (37) and zip (68) strings",
+    ),
+    "aids": RRecipe(
+        "MASS",
+        "Aids2",
+        "T.categ",
+        lambda c: c != "hs",
+        "Australian AIDS cases: male homosexual transmission normal; other "
+        "transmission categories down-sampled",
+    ),
+    "cars": RRecipe(
+        "caret",
+        "cars",
+        "make",
+        lambda c: c in {"Cadillac", "Saab"},
+        "used GM cars: Buick, Chevy, Pontiac, Saturn normal; Cadillac and Saab "
+        "down-sampled; body type as a string, options as booleans",
+        convert=_cars,
+    ),
+    "dna": RRecipe(
+        "mlbench",
+        "DNA",
+        "Class",
+        lambda c: c == "ei",
+        "splice junctions: neither (n) normal; exon-intron (ei) down-sampled; 180 "
+        "binary categorical fields",
+    ),
 }
 
 _R_EXPORT = r"""
@@ -244,8 +337,10 @@ def _r_available() -> bool:
 def install_r_packages() -> None:
     """Debian's R packages the sets come from (needs root or sudo; apt-get update first)."""
     prefix = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*prefix, "apt-get", "install", "-y", "--no-install-recommends",
-                    *DEBIAN_PACKAGES], check=True)
+    subprocess.run(
+        [*prefix, "apt-get", "install", "-y", "--no-install-recommends", *DEBIAN_PACKAGES],
+        check=True,
+    )
 
 
 def _export_r(recipes: dict[str, RRecipe], directory: Path) -> None:
@@ -256,7 +351,7 @@ def _export_r(recipes: dict[str, RRecipe], directory: Path) -> None:
         lines.append(f'export("{r.expr}", "{directory / name}.csv")')
     script = directory / "export.R"
     script.write_text("\n".join(lines) + "\n")
-    result = subprocess.run(["Rscript", str(script)], capture_output=True, text=True)
+    result = subprocess.run(["Rscript", str(script)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"Rscript failed exporting the benchmark sets:\n{result.stderr}")
 
@@ -264,7 +359,7 @@ def _export_r(recipes: dict[str, RRecipe], directory: Path) -> None:
 def _data_names(expr: str) -> str:
     """The data objects an expression like data.frame(mdrrDescr, Class=mdrrClass) needs: caret
     ships them in one file named after the set."""
-    inner = expr.split("(", 1)[1].split(",")[0]
+    inner = expr.split("(", 1)[1].split(",", 1)[0]
     base = {"mdrrDescr": "mdrr", "cox2Descr": "cox2"}[inner]
     return f'"{base}"'
 
@@ -310,7 +405,10 @@ def _build_r(name: str, recipe: RRecipe, exported: Path) -> DataSet:
     keep = _recipe_rows(labels)
     columns = {k: [vs[i] for i in keep] for k, vs in columns.items()}
     return DataSet(
-        name, columns, labels[keep], f"r-cran-{recipe.package.lower()} {recipe.expr}",
+        name,
+        columns,
+        labels[keep],
+        f"r-cran-{recipe.package.lower()} {recipe.expr}",
         recipe.recipe,
     )
 
@@ -321,8 +419,13 @@ def _cache_path(name: str) -> Path:
 
 def _save(ds: DataSet) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"name": ds.name, "source": ds.source, "recipe": ds.recipe,
-               "columns": ds.columns, "labels": ds.labels.tolist()}
+    payload = {
+        "name": ds.name,
+        "source": ds.source,
+        "recipe": ds.recipe,
+        "columns": ds.columns,
+        "labels": ds.labels.tolist(),
+    }
     tmp = _cache_path(ds.name).with_suffix(".tmp")
     tmp.write_text(json.dumps(payload))
     tmp.replace(_cache_path(ds.name))
@@ -333,8 +436,9 @@ def _load_cached(name: str) -> DataSet | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return DataSet(data["name"], data["columns"], np.array(data["labels"]), data["source"],
-                   data["recipe"])
+    return DataSet(
+        data["name"], data["columns"], np.array(data["labels"]), data["source"], data["recipe"]
+    )
 
 
 def build_r_sets(names: list[str] | None = None) -> None:
@@ -363,11 +467,18 @@ def load(name: str) -> DataSet:
         # shuttle: normal rows down-sampled like the other large sets, anomalies in proportion
         rng = np.random.RandomState(0)
         share = _MAX_NORMAL_ROWS / n_normal
-        keep = np.sort(np.concatenate([
-            rng.choice(np.flatnonzero(ds.labels == k), round(share * (ds.labels == k).sum()),
-                       replace=False)
-            for k in (0, 1)
-        ]))
+        keep = np.sort(
+            np.concatenate(
+                [
+                    rng.choice(
+                        np.flatnonzero(ds.labels == k),
+                        round(share * (ds.labels == k).sum()),
+                        replace=False,
+                    )
+                    for k in (0, 1)
+                ]
+            )
+        )
         columns = {k: [vs[i] for i in keep] for k, vs in ds.columns.items()}
         recipe = ds.recipe + f"; down-sampled to {len(keep)} rows (seed 0), in proportion"
         return DataSet(name, columns, ds.labels[keep], ds.source, recipe)
@@ -395,8 +506,10 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name in ALL:
         ds = load(name)
-        print(f"| {name} | {ds.n_rows} | {len(ds.columns)} | {int(ds.labels.sum())} | "
-              f"{'yes' if ds.mixed else ''} | {ds.recipe} |")
+        print(
+            f"| {name} | {ds.n_rows} | {len(ds.columns)} | {int(ds.labels.sum())} | "
+            f"{'yes' if ds.mixed else ''} | {ds.recipe} |"
+        )
 
 
 if __name__ == "__main__":

@@ -20,24 +20,31 @@ development runs use seeds 100 and up (``--seed-start 100``).
     python bench/detection.py --datasets wbc,credit --markdown out.md
     python bench/detection.py --fit-timing                     # fit on the whole shuttle half
 
-Baseline results are cached per (set, seed, method) in the benchmark cache; ``--fresh``
-recomputes them. latentwatch is always fitted anew.
+Results are cached per (set, seed, method) in the benchmark cache, latentwatch's also by a hash
+of detector/'s code (so a change to the detector is always measured anew); ``--fresh``
+recomputes everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
 import synthetic
 import torch
 from machine import describe
+from pyod.models.auto_encoder import AutoEncoder
+from pyod.models.ecod import ECOD
+from pyod.models.vae import VAE
 from scipy.stats import rankdata
 from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -78,8 +85,10 @@ class OneHot:
             present = [v for v in values if v is not None]
             if present and all(synthetic._is_number(v) for v in present):
                 finite = [float(v) for v in present if np.isfinite(v)]  # type: ignore[arg-type]
-                numeric[name] = (float(np.median(finite)) if finite else 0.0,
-                                 len(present) < len(values))
+                numeric[name] = (
+                    float(np.median(finite)) if finite else 0.0,
+                    len(present) < len(values),
+                )
             elif present:
                 categories[name] = sorted(set(present), key=str)
         return cls(numeric, categories)
@@ -141,10 +150,8 @@ def fit_knn(x: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def fit_ecod(x: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-    from pyod.models.ecod import ECOD
-
     model = ECOD().fit(x)
-    return lambda test: model.decision_function(test)
+    return model.decision_function
 
 
 def fit_gmm(x: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -165,9 +172,6 @@ def fit_gmm(x: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
 
 def fit_pyod(name: str) -> Callable[[np.ndarray, int], Callable[[np.ndarray], np.ndarray]]:
     def fit(x: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
-        from pyod.models.auto_encoder import AutoEncoder
-        from pyod.models.vae import VAE
-
         cls = VAE if name == "vae" else AutoEncoder
         model = cls(random_state=seed, verbose=0).fit(x.astype(np.float32))
         return lambda test: model.decision_function(test.astype(np.float32))
@@ -222,8 +226,11 @@ def split(ds: datasets.DataSet, seed: int) -> tuple[Columns, Columns, Columns]:
     normal, anomalous = np.flatnonzero(ds.labels == 0), np.flatnonzero(ds.labels == 1)
     normal = normal[np.random.RandomState(seed).permutation(len(normal))]
     half = len(normal) // 2
-    return (_take(ds.columns, normal[:half]), _take(ds.columns, normal[half:]),
-            _take(ds.columns, anomalous))
+    return (
+        _take(ds.columns, normal[:half]),
+        _take(ds.columns, normal[half:]),
+        _take(ds.columns, anomalous),
+    )
 
 
 def _quality(score: np.ndarray, n_normal: int) -> tuple[float, float]:
@@ -252,11 +259,20 @@ def evaluate(method: str, ds: datasets.DataSet, seed: int, with_synthetic: bool)
     return result
 
 
-class BaselineCache:
-    """Baseline results by (set, seed, method): they do not change when latentwatch does."""
+def _detector_code() -> str:
+    """A hash of detector/'s source: latentwatch's results are reused while it is unchanged."""
+    root = Path(__file__).resolve().parents[1] / "detector"
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+class ResultCache:
+    """Results by (set, seed, method), and for latentwatch by the detector's code too."""
 
     def __init__(self, fresh: bool) -> None:
-        self.path = datasets.CACHE_DIR / f"baselines-v{BASELINE_VERSION}.json"
+        self.path = datasets.CACHE_DIR / f"results-v{BASELINE_VERSION}.json"
         self.data: dict[str, dict] = {}
         if self.path.exists() and not fresh:
             self.data = json.loads(self.path.read_text())
@@ -270,13 +286,17 @@ class BaselineCache:
         return Result(**hit)
 
     def put(self, key: str, result: Result) -> None:
+        if self.path.exists():  # another run may have added results meanwhile
+            self.data = {**json.loads(self.path.read_text()), **self.data}
         self.data[key] = asdict(result)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data))
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.data))
+        tmp.replace(self.path)
 
 
 def run(
-    names: list[str], methods: list[str], seeds: list[int], cache: BaselineCache
+    names: list[str], methods: list[str], seeds: list[int], cache: ResultCache
 ) -> dict[str, dict[str, Result]]:
     results: dict[str, dict[str, Result]] = {}
     for name in names:
@@ -286,11 +306,12 @@ def run(
             runs = []
             for seed in seeds:
                 key = f"{name}/{seed}/{method}"
-                hit = cache.get(key) if method != "latentwatch" else None
+                if method == "latentwatch":
+                    key += f"/{_detector_code()}"
+                hit = cache.get(key)
                 if hit is None:
                     hit = evaluate(method, ds, seed, name in SYNTHETIC)
-                    if method != "latentwatch":
-                        cache.put(key, hit)
+                    cache.put(key, hit)
                 runs.append(hit)
             results[name][method] = _mean(runs)
         line = "  ".join(f"{m}={r.auroc:.3f}" for m, r in results[name].items())
@@ -354,30 +375,46 @@ def markdown(results: dict[str, dict[str, Result]], methods: list[str]) -> str:
     lines += _summary("all, AUPRC", auprc, methods)
     kinds = [n for n in names if results[n][methods[0]].synthetic]
     if kinds:
-        lines += ["", "### Synthetic anomalies: mean AUROC (average rank) over "
-                  f"{', '.join(kinds)}", ""]
+        lines += [
+            "",
+            f"### Synthetic anomalies: mean AUROC (average rank) over {', '.join(kinds)}",
+            "",
+        ]
         lines.append("| type | " + " | ".join(methods) + " |")
         lines.append("|---" * (len(methods) + 1) + "|")
         for kind in synthetic.TYPES:
             sub = {n: {m: results[n][m].synthetic[kind][0] for m in methods} for n in kinds}
             lines += _summary(kind, sub, methods)
-        lines += ["", "| set | " + " | ".join(f"{k}" for k in synthetic.TYPES) + " |",
-                  "|---" * 5 + "|"]
+        lines += [
+            "",
+            "| set | " + " | ".join(f"{k}" for k in synthetic.TYPES) + " |",
+            "|---" * 5 + "|",
+        ]
         for n in kinds:
             cells = []
             for kind in synthetic.TYPES:
                 ours = results[n][methods[0]].synthetic[kind][0]
-                best = max(results[n][m].synthetic[kind][0] for m in methods[1:]) if len(
-                    methods) > 1 else float("nan")
+                best = (
+                    max(results[n][m].synthetic[kind][0] for m in methods[1:])
+                    if len(methods) > 1
+                    else float("nan")
+                )
                 cells.append(f"{ours:.3f} (best baseline {best:.3f})")
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
     if "latentwatch" in methods:
-        lines += ["", "### latentwatch's false alarms at --fpr 0.01 (share of test normals "
-                  "flagged, mean of the seeds)", "", "| set | flagged normals | calibration rows |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            "### latentwatch's false alarms at --fpr 0.01 (share of test normals "
+            "flagged, mean of the seeds)",
+            "",
+            "| set | flagged normals | calibration rows |",
+            "|---|---|---|",
+        ]
         for n in names:
             ds = datasets.load(n)
-            cal = max(round(DetectorConfig().holdout_fraction * int((ds.labels == 0).sum() // 2)), 2)
+            cal = max(
+                round(DetectorConfig().holdout_fraction * int((ds.labels == 0).sum() // 2)), 2
+            )
             lines.append(f"| {n} | {results[n]['latentwatch'].false_alarms:.4f} | {cal} |")
     return "\n".join(lines)
 
@@ -390,8 +427,10 @@ def fit_timing() -> str:
     train = _take(ds.columns, normal)
     start = time.perf_counter()
     Detector.fit(train, config=DetectorConfig(training=TrainingConfig(seed=0)))
-    return f"fit on the shuttle training half ({len(normal)} rows, 1 thread): " \
-           f"{time.perf_counter() - start:.1f} s"
+    return (
+        f"fit on the shuttle training half ({len(normal)} rows, 1 thread): "
+        f"{time.perf_counter() - start:.1f} s"
+    )
 
 
 def main() -> None:
@@ -413,14 +452,15 @@ def main() -> None:
     if args.datasets:
         names = args.datasets.split(",")
     else:
-        names = {"dev": list(DEV), "held-out": list(HELD_OUT), "all": [*HELD_OUT, *DEV]}[
-            args.half]
+        names = {"dev": list(DEV), "held-out": list(HELD_OUT), "all": [*HELD_OUT, *DEV]}[args.half]
     methods = args.methods.split(",")
     seeds = list(range(args.seed_start, args.seed_start + args.seeds))
-    results = run(names, methods, seeds, BaselineCache(args.fresh))
+    results = run(names, methods, seeds, ResultCache(args.fresh))
     table = markdown(results, methods)
-    header = (f"{describe()}\nseeds {seeds[0]}..{seeds[-1]}, 1 torch thread, "
-              "`python bench/detection.py " + " ".join(sys.argv[1:]) + "`")
+    header = (
+        f"{describe()}\nseeds {seeds[0]}..{seeds[-1]}, 1 torch thread, "
+        "`python bench/detection.py " + " ".join(sys.argv[1:]) + "`"
+    )
     print(header)
     print(table)
     if args.markdown:
