@@ -33,7 +33,8 @@ from kafka.structs import OffsetAndMetadata
 
 from detector.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
-from streams.messages import Message, Rejection, timestamp_ms
+from streams.fetcher import skip_undecodable_batches
+from streams.messages import Message, Rejection, UndecodableBatch, timestamp_ms
 from streams.retry import Stopped, retry_with_backoff
 
 log = logging.getLogger("latentwatch.kafka")
@@ -222,7 +223,9 @@ class KafkaSource:
         self._consumer: KafkaConsumer | None = consumer
         self._lost_since: float | None = None  # monotonic time the coordinator went missing
         self._outage_noticed = False
+        self._undecodable: list[UndecodableBatch] = []
         if consumer is not None:
+            skip_undecodable_batches(consumer, self._skipped)
             consumer.subscribe(list(settings.topics), listener=_Rebalance(on_revoked))
 
     @property
@@ -238,6 +241,27 @@ class KafkaSource:
             raise Unavailable(f"polling Kafka: {type(exc).__name__}: {exc}") from exc
         self._watch_coordinator(time.monotonic())
         return list(chain.from_iterable(polled.values()))
+
+    def _skipped(self, batch: UndecodableBatch) -> None:
+        hint = " (is the codec's library installed?)" if "Codec" in batch.error else ""
+        log.warning(
+            "record batch %s[%d] at offsets %d-%d (%d records, compression %s) could not be "
+            "decoded: %s%s; it goes to dead letters as fetched and the partition continues",
+            batch.topic,
+            batch.partition,
+            batch.first_offset,
+            batch.last_offset,
+            batch.records,
+            batch.compression,
+            batch.error,
+            hint,
+        )
+        self._undecodable.append(batch)
+
+    def undecodable(self) -> list[UndecodableBatch]:
+        """The batches the polls since the last call stepped over (streams/fetcher.py)."""
+        batches, self._undecodable = self._undecodable, []
+        return batches
 
     def _watch_coordinator(self, now: float) -> None:
         """One warning when the group coordinator has been unknown (the broker is down or

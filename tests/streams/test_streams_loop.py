@@ -22,7 +22,7 @@ from streams.consumer import (
     Unavailable,
     UnstorableRecord,
 )
-from streams.messages import Message, PlainMessage, Rejection
+from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
 from streams.metrics import StreamMetrics
 
 FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)
@@ -43,12 +43,17 @@ class FakeSource:
         self.batches, self.journal, self.stop = list(batches), journal, stop
         self.committed: list[dict[tuple[str, int], int]] = []
         self.accept_commits = accept_commits
+        self.skipped: list[UndecodableBatch] = []  # reported with the next poll
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
         if not self.batches:
             self.stop.set()
             return []
         return self.batches.pop(0)
+
+    def undecodable(self) -> list[UndecodableBatch]:
+        skipped, self.skipped = self.skipped, []
+        return skipped
 
     def commit(self, offsets: Offsets) -> bool:
         self.journal.append("commit")
@@ -352,3 +357,39 @@ def test_offsets_are_committed_per_partition(model: Model) -> None:
     loop, _ = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
     loop.run(stop)
     assert source.committed == [{("t", 0): 13, ("t", 1): 43}]
+
+
+def test_a_batch_the_client_could_not_decode_is_dead_lettered_and_committed_past(
+    model: Model,
+) -> None:
+    """The poll stepped over a batch of partition 0 and returned records of partition 1: the
+    batch goes to dead letters whole, then both partitions are committed, the batch's past
+    its end; its records count as consumed and rejected."""
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages(encoded(model.normal[:5]), partition=1)], journal, stop)
+    source.skipped = [
+        UndecodableBatch(
+            "t", 0, 40, 49, 10, 1_790_000_000_000, "zstd", b"raw batch", "UnsupportedCodecError"
+        )
+    ]
+    sink, dead = FakeSink(journal), FakeDeadLetters(journal)
+    reports: list[BatchReport] = []
+    loop, registry = make_loop(model, source, sink, dead, reports)
+    loop.run(stop)
+    assert journal == ["count", "write", "deadletters", "commit"]
+    assert source.committed == [{("t", 0): 50, ("t", 1): 5}]
+    (letter,) = dead.sent
+    assert letter.reason == "undecodable_batch"
+    assert (letter.message.partition, letter.message.offset) == (0, 40)
+    assert letter.message.value == b"raw batch"
+    assert dict(letter.message.headers)["latentwatch-last-offset"] == b"49"
+    assert "offsets 40-49 (10 records, compression zstd)" in letter.detail
+    assert reports[0].consumed == 15 and reports[0].rejected == 10 and reports[0].scored == 5
+    assert sum(c.consumed for c in sink.counts) == 15
+    assert sum(c.rejected for c in sink.counts) == 10
+    rejected = value(
+        registry, "latentwatch_records_rejected_total", topic="t", reason="undecodable_batch"
+    )
+    assert rejected == 10
+    assert value(registry, "latentwatch_undecodable_batches_total", topic="t") == 1
+    assert value(registry, "latentwatch_records_consumed_total", topic="t") == 15
