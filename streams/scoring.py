@@ -107,7 +107,7 @@ def flagged_records(
                 partition=message.partition,
                 offset=message.offset,
                 kafka_timestamp=timestamp_ms(message),
-                key=message.key.decode("utf-8", "replace") if message.key is not None else None,
+                key=message.key,
                 record_id=None if record_id is None else str(record_id),
                 event_time=event_time or message_time(message),
                 scored_time=now,
