@@ -27,6 +27,7 @@ import numpy as np
 from detector.detector import Detector
 from storage.records import FlaggedRecord, StreamCount
 from streams.messages import (
+    SCORING_FAILED,
     UNDECODABLE_BATCH,
     UNSTORABLE,
     DecodePolicy,
@@ -108,6 +109,10 @@ class RunTotals:
     rejected: int = 0
     stored: int = 0
 
+
+# Kafka timestamps further ahead of the consumer's clock than this are left out of the latency
+# and newest-record metrics: one producer with a wrong clock would hold the gauge in the future.
+FUTURE_TOLERANCE_S = 300.0
 
 # Per-message fields, read in C: the loop handles thousands of messages a batch.
 _TOPIC = attrgetter("topic")
@@ -225,21 +230,39 @@ class ConsumerLoop:
         self.persist_and_commit(self.score(messages), messages, started, stop, skipped)
 
     def score(self, messages: Sequence[Message]) -> list[TopicBatch]:
-        """Decode, score and explain; pure apart from the model's forward pass."""
+        """Decode, score and explain; pure apart from the model's forward pass. A topic's batch
+        whose scoring raises is scored again a message at a time: a message that still fails
+        is rejected with the error, never retried, never fatal."""
         now = datetime.fromtimestamp(self.clock(), UTC)
+        batches: list[TopicBatch] = []
+        for topic, msgs in _group_by_topic(messages).items():
+            try:
+                batches.append(self._score_topic(topic, msgs, now))
+            except Exception:
+                log.exception(
+                    "scoring %d messages of %s failed: scoring them one by one", len(msgs), topic
+                )
+                batches += [self._score_alone(topic, m, now) for m in msgs]
+        return batches
+
+    def _score_topic(self, topic: str, messages: Sequence[Message], now: datetime) -> TopicBatch:
         s = self.settings
-        return [
-            score_messages(
-                topic,
-                msgs,
-                self.detector,
-                s.policy,
-                now,
-                explained_features=s.explained_features,
-                typed=self._typed,
-            )
-            for topic, msgs in _group_by_topic(messages).items()
-        ]
+        return score_messages(
+            topic,
+            messages,
+            self.detector,
+            s.policy,
+            now,
+            explained_features=s.explained_features,
+            typed=self._typed,
+        )
+
+    def _score_alone(self, topic: str, message: Message, now: datetime) -> TopicBatch:
+        try:
+            return self._score_topic(topic, [message], now)
+        except Exception as exc:
+            rejection = Rejection(message, SCORING_FAILED, f"{type(exc).__name__}: {exc}")
+            return TopicBatch(topic, 1, [rejection], [], None, [])
 
     def persist_and_commit(
         self,
@@ -359,6 +382,7 @@ class ConsumerLoop:
             done = [*b.scored_messages, *(r.message for r in b.rejections)]
             ms = np.array(list(map(_TIMESTAMP, done)), dtype=np.float64)  # None: nan
             ms[ms < 0] = np.nan  # -1: the broker gave none
+            ms[ms > (committed_at + FUTURE_TOLERANCE_S) * 1000.0] = np.nan
             m.record_persisted(b.topic, ms / 1000.0, committed_at)
             timestamps.append(ms)
         for u in skipped:

@@ -349,9 +349,14 @@ def _text(value: object) -> bytes:
 
 # Room left in a dead letter for the record batch's own overhead besides key, value, headers.
 _RECORD_OVERHEAD_BYTES = 1024
+_HEADER_OVERHEAD_BYTES = 10  # per header: its length varints
 # What is kept of a value the broker refuses even though the producer's limit allowed it (the
 # broker's or the topic's max.message.bytes is smaller).
 _FALLBACK_VALUE_BYTES = 64 * 1024
+
+
+def _size(headers: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD_BYTES for k, v in headers)
 
 
 class DeadLetterProducer:
@@ -360,9 +365,11 @@ class DeadLetterProducer:
 
     A dead letter must always be deliverable, or the stream would stop behind it: a value too
     large to publish (an oversized message) is cut to fit, with its original size in the
-    ``latentwatch-truncated-from`` header (the whole message stays in the source topic, at the
-    position the headers give), and a message with neither key nor value is sent with an
-    empty value."""
+    ``latentwatch-truncated-from`` header; original headers that leave no room are left out
+    (``latentwatch-headers-dropped``: how many) and a key too large is cut
+    (``latentwatch-key-truncated-from``). The whole message stays in the source topic, at the
+    position the headers give. A message with neither key nor value is sent with an empty
+    value."""
 
     def __init__(
         self, producer: KafkaProducer, topic: str | None = None, timeout_s: float = 10.0
@@ -389,8 +396,7 @@ class DeadLetterProducer:
 
     def _publish(self, r: Rejection, max_value_bytes: int | None) -> Any:
         m = r.message
-        headers = [
-            *((k, v) for k, v in m.headers or () if v is not None),
+        ours = [
             ("latentwatch-reason", _text(r.reason)),
             ("latentwatch-detail", _text(r.detail[:1000])),
             ("latentwatch-source-topic", _text(m.topic)),
@@ -398,10 +404,20 @@ class DeadLetterProducer:
             ("latentwatch-source-offset", _text(m.offset)),
             ("latentwatch-source-timestamp", _text(timestamp_ms(m))),
         ]
+        original = [(k, v) for k, v in m.headers or () if v is not None]
         key, value = m.key, m.value
+        room = self._max_request_bytes - _RECORD_OVERHEAD_BYTES
+        if max_value_bytes is not None:  # the broker refused it once: what surely fits
+            room = min(room, 2 * max_value_bytes)
+        if _size([*ours, *original]) + len(key or b"") > room // 2:  # half for the value
+            ours.append(("latentwatch-headers-dropped", _text(len(original))))
+            original = []
+            if key is not None and len(key) + _size(ours) > room // 2:
+                ours.append(("latentwatch-key-truncated-from", _text(len(key))))
+                key = key[: max(room // 2 - _size(ours), 0)]
+        headers = [*original, *ours]
         if max_value_bytes is None:
-            used = sum(len(k) + len(v) for k, v in headers) + len(key or b"")
-            max_value_bytes = max(self._max_request_bytes - _RECORD_OVERHEAD_BYTES - used, 0)
+            max_value_bytes = max(room - _size(headers) - len(key or b""), 0)
         if value is not None and len(value) > max_value_bytes:
             headers.append(("latentwatch-truncated-from", _text(len(value))))
             value = value[:max_value_bytes]
