@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from detector.detector import Detector
-from storage.database import ensure_schema, make_engine, redact, session_factory
+from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
@@ -47,6 +49,13 @@ from streams.sql_sink import SqlSink
 
 log = logging.getLogger("latentwatch.service")
 
+# SIGTERM ends the process within this many seconds, whatever it is waiting on: gracefully when
+# the database answers within its timeouts (ConsumeSettings.db_timeouts), else by force.
+SHUTDOWN_TIMEOUT_S = 10.0
+EXIT_FORCED = 1
+# A write waits at most 5 s for a lock and runs at most 10 s; then it is logged and retried.
+DB_TIMEOUTS = Timeouts(statement_s=10.0, lock_s=5.0)
+
 
 @dataclass(frozen=True)
 class ConsumeSettings:
@@ -68,6 +77,8 @@ class ConsumeSettings:
     schema_versions: tuple[str, ...] = ()
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
+    db_timeouts: Timeouts = DB_TIMEOUTS
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
 
 
 def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) -> Any:
@@ -79,15 +90,27 @@ def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) ->
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, commits, leaves the group."""
+def stop_on_signals(stop: threading.Event, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, commits, leaves the group. If
+    that has not happened ``timeout_s`` later (a dependency that does not answer), or at a
+    second signal, the process exits at once with nothing more committed: the batch in hand
+    is redelivered to the group. Only in the main thread (a process of its own)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            _exit_now(f"received {name} again")
+            return
+        log.info("received %s: finishing the current batch (at most %.0f s)", name, timeout_s)
         stop.set()
+        timer = threading.Timer(
+            timeout_s, _exit_now, [f"still not stopped {timeout_s:.0f} s after {name}"]
+        )
+        timer.daemon = True
+        timer.start()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -95,6 +118,16 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _exit_now(why: str) -> None:
+    """Leave without committing anything more: the group redelivers what was not committed,
+    and the database rolls back a transaction whose connection is gone."""
+    log.error("%s: exiting now; the batch in hand is left uncommitted for redelivery", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
 
 
 def model_metrics(
@@ -127,14 +160,14 @@ def run_consumer(
     stop = stop or threading.Event()
     torch.set_num_threads(max(settings.torch_threads, 1))
     detector, manifest = artifact.load(settings.model)
-    engine = make_engine(settings.db)
+    engine = make_engine(settings.db, settings.db_timeouts)
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.topics)
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
     try:
-        with stop_on_signals(stop):
+        with stop_on_signals(stop, settings.shutdown_timeout_s):
             if settings.metrics_port is not None:
                 server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
                 log.info("metrics at %s", server.url)
