@@ -389,6 +389,15 @@ def consume(
         list[str] | None,
         typer.Option(envvar=_env("KAFKA_OPTIONS"), help="Extra kafka-python setting name=value"),
     ] = None,
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("STARTUP_TIMEOUT"),
+            min=0,
+            help="Seconds to keep trying to reach the database and Kafka at start before "
+            "exiting with an error; 0: keep trying",
+        ),
+    ] = 0.0,
     log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
     config: ConfigOption = None,
 ) -> None:
@@ -413,6 +422,7 @@ def consume(
         required_fields=_split(require),
         schema_versions=_split(schema_version),
         kafka_options=_kafka_options(kafka_option),
+        startup_timeout_s=startup_timeout,
     )
     run_consumer(settings)
 

@@ -25,6 +25,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from detector.detector import Detector
+from detector.errors import LatentwatchError
 from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
 from streams.consumer import (
     BatchReport,
@@ -35,6 +36,8 @@ from streams.consumer import (
     UnstorableRecord,
 )
 from streams.kafka import (
+    STARTUP_RETRY_INITIAL_S,
+    STARTUP_RETRY_MAX_S,
     DeadLetterProducer,
     KafkaSettings,
     KafkaSource,
@@ -44,7 +47,7 @@ from streams.kafka import (
 )
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
-from streams.retry import Stopped, retry_with_backoff
+from streams.retry import GaveUp, Stopped, retry_with_backoff
 from streams.sql_sink import SqlSink
 
 log = logging.getLogger("latentwatch.service")
@@ -79,13 +82,29 @@ class ConsumeSettings:
     torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
     db_timeouts: Timeouts = DB_TIMEOUTS
     shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
+    # give up (StartupTimeoutError) when the database or Kafka still fails this long after
+    # start; 0: keep trying
+    startup_timeout_s: float = 0.0
 
 
-def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) -> Any:
-    """Retry a start-up step that needs the database. Only unreachability is retried; a wrong
-    schema or URL fails at once."""
+class StartupTimeoutError(LatentwatchError):
+    """The database or Kafka could not be reached within the start-up timeout."""
+
+
+def _until_ready(
+    what: str, action: Callable[[], Any], stop: threading.Event, give_up_at: float | None
+) -> Any:
+    """Retry a start-up step that needs the database: one line per attempt, backed off. Only
+    unreachability is retried (a server down, a database or role it does not have yet); a
+    wrong schema or URL fails at once."""
     return retry_with_backoff(
-        action, what, stop, retry_on=(OperationalError, InterfaceError, OSError, Unavailable)
+        action,
+        what,
+        stop,
+        retry_on=(OperationalError, InterfaceError, OSError, Unavailable),
+        initial_s=STARTUP_RETRY_INITIAL_S,
+        max_s=STARTUP_RETRY_MAX_S,
+        give_up_at=give_up_at,
     )
 
 
@@ -166,16 +185,15 @@ def run_consumer(
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
+    limit = settings.startup_timeout_s
+    give_up_at = time.monotonic() + limit if limit > 0 else None
     try:
         with stop_on_signals(stop, settings.shutdown_timeout_s):
-            if settings.metrics_port is not None:
-                server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-                log.info("metrics at %s", server.url)
-                if on_metrics is not None:
-                    on_metrics(server)
-            _until_ready(f"database {redact(settings.db)}", lambda: ensure_schema(engine), stop)
+            server = _serve_metrics(settings, registry, on_metrics)
+            database = f"database {redact(settings.db)}"
+            _until_ready(database, lambda: ensure_schema(engine), stop, give_up_at)
             sink = SqlSink(session_factory(engine), detector.version, manifest)
-            _until_ready("database", sink.register_model, stop)
+            _until_ready(database, sink.register_model, stop, give_up_at)
             kafka = KafkaSettings(
                 bootstrap=settings.bootstrap,
                 group=settings.group,
@@ -183,29 +201,21 @@ def run_consumer(
                 session_timeout_ms=settings.session_timeout_ms,
                 extra=dict(settings.kafka_options),
             )
-            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance)
+            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance, give_up_at=give_up_at)
             producer = connect(
                 lambda clients: make_producer(
                     settings.bootstrap, settings.kafka_options, kafka_client=clients
                 ),
                 "dead-letter producer",
                 stop,
+                bootstrap=settings.bootstrap,
+                give_up_at=give_up_at,
             )
             if not source.connected or producer is None:
                 return RunTotals()
             dead_letters = DeadLetterProducer(producer, settings.deadletter_topic)
             _create_deadletter_topics(settings, dead_letters)
-            loop_settings = LoopSettings(
-                poll_timeout_s=settings.poll_timeout_s,
-                explained_features=settings.explained_features,
-                max_records=settings.max_records,
-                typed_decoding=settings.typed_decoding,
-                policy=DecodePolicy(
-                    max_bytes=settings.max_message_bytes,
-                    required_fields=settings.required_fields,
-                    schema_versions=settings.schema_versions,
-                ),
-            )
+            loop_settings = _loop_settings(settings)
             log.info(
                 "consuming %s as group %r with model %s; flagged records to %s",
                 ", ".join(settings.topics),
@@ -240,6 +250,8 @@ def run_consumer(
     except Stopped as exc:
         log.info("stopped while waiting for %s", exc)
         return RunTotals()
+    except GaveUp as exc:
+        raise StartupTimeoutError(f"{exc} (--startup-timeout {limit:g} s)") from None
     finally:
         if source is not None:
             source.close()
@@ -248,6 +260,34 @@ def run_consumer(
         if server is not None:
             server.close()
         engine.dispose()
+
+
+def _serve_metrics(
+    settings: ConsumeSettings,
+    registry: CollectorRegistry,
+    on_metrics: Callable[[MetricsServer], None] | None,
+) -> MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    log.info("metrics at %s", server.url)
+    if on_metrics is not None:
+        on_metrics(server)
+    return server
+
+
+def _loop_settings(settings: ConsumeSettings) -> LoopSettings:
+    return LoopSettings(
+        poll_timeout_s=settings.poll_timeout_s,
+        explained_features=settings.explained_features,
+        max_records=settings.max_records,
+        typed_decoding=settings.typed_decoding,
+        policy=DecodePolicy(
+            max_bytes=settings.max_message_bytes,
+            required_fields=settings.required_fields,
+            schema_versions=settings.schema_versions,
+        ),
+    )
 
 
 def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLetterProducer) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -42,6 +44,9 @@ log = logging.getLogger("latentwatch.kafka")
 DEADLETTER_SUFFIX = ".deadletter"
 # A commit that cannot reach the coordinator gives up after this; the batch is redelivered.
 _COMMIT_TIMEOUT_MS = 10_000
+# Start-up waits on Kafka or the database: 1 s doubling to 30 s between attempts (and lines).
+STARTUP_RETRY_INITIAL_S = 1.0
+STARTUP_RETRY_MAX_S = 30.0
 # Without a group coordinator for this long, the consumer says so in its log: kafka-python
 # reconnects on its own, and only in log lines of its own that the CLI keeps quiet.
 OUTAGE_NOTICE_S = 5.0
@@ -157,21 +162,72 @@ class _NetworkClients:
                 log.debug("closing a failed Kafka client", exc_info=True)
 
 
+class Unreachable(Exception):  # noqa: N818  (a state, not a programming error)
+    """No broker answered a client that was connecting; the message says why."""
+
+
+class _FoldedErrors(logging.Filter):
+    """kafka-python logs every failed connection attempt itself, two lines each, several a
+    second while nothing answers. While a client connects, its network modules' warnings and
+    errors are kept out of the log and counted here; the most frequent one becomes the
+    reason in the consumer's own line, logged once per attempt at a backed-off rate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.lines[record.getMessage()] += 1
+        return False
+
+    @contextmanager
+    def installed(self) -> Iterator[_FoldedErrors]:
+        names = [n for n in list(logging.root.manager.loggerDict) if n.startswith("kafka.net")]
+        loggers = [logging.getLogger(n) for n in names]
+        for logger in loggers:
+            logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            for logger in loggers:
+                logger.removeFilter(self)
+
+    def reason(self, exc: BaseException) -> str:
+        if not self.lines:
+            return f"{type(exc).__name__}: {exc}"
+        line, _ = self.lines.most_common(1)[0]
+        total = sum(self.lines.values())
+        return f"{line}; {total} kafka-python log lines folded"
+
+
 def connect(
-    factory: Callable[[Any], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
+    factory: Callable[[Any], Any],
+    what: str,
+    stop: threading.Event,
+    *,
+    bootstrap: str,
+    give_up_at: float | None = None,
 ) -> Any:
-    """Create a client, retrying with backoff while no broker answers (broker down at start).
-    ``factory`` receives the ``kafka_client`` setting to pass on, so that a failed attempt's
-    network client is closed. Returns None if ``stop`` is set first. Invalid settings fail at
-    once."""
+    """Create a client, retrying with backoff while no broker answers (broker down at start),
+    one line per failed attempt with kafka-python's own lines folded into it (and, past
+    ``give_up_at``, :class:`streams.retry.GaveUp`). ``factory`` receives the ``kafka_client``
+    setting to pass on, so that a failed attempt's network client is closed. Returns None if
+    ``stop`` is set first. Invalid settings fail at once."""
 
     def create() -> Any:
         clients = _NetworkClients()
+        folded = _FoldedErrors()
         try:
-            return factory(clients)
+            with folded.installed():
+                return factory(clients)
         except KafkaConfigurationError as exc:
             clients.close()
             raise KafkaSettingsError(f"{what}: invalid Kafka settings: {exc}") from None
+        except (KafkaError, OSError) as exc:
+            clients.close()
+            raise Unreachable(folded.reason(exc)) from exc
         except BaseException:
             clients.close()
             raise
@@ -181,10 +237,12 @@ def connect(
     try:
         return retry_with_backoff(
             create,
-            f"{what}: reaching Kafka",
+            f"{what}: reaching Kafka at {bootstrap}",
             stop,
-            retry_on=(KafkaError, OSError),
-            max_s=max_delay_s,
+            retry_on=(Unreachable,),
+            initial_s=STARTUP_RETRY_INITIAL_S,
+            max_s=STARTUP_RETRY_MAX_S,
+            give_up_at=give_up_at,
         )
     except Stopped:
         return None
@@ -214,11 +272,14 @@ class KafkaSource:
         settings: KafkaSettings,
         stop: threading.Event,
         on_revoked: Callable[[], None] = lambda: None,
+        give_up_at: float | None = None,
     ) -> None:
         consumer = connect(
             lambda clients: KafkaConsumer(**_consumer_config(settings), kafka_client=clients),
             f"consumer of {', '.join(settings.topics)}",
             stop,
+            bootstrap=settings.bootstrap,
+            give_up_at=give_up_at,
         )
         self._consumer: KafkaConsumer | None = consumer
         self._lost_since: float | None = None  # monotonic time the coordinator went missing
