@@ -78,6 +78,7 @@ class ConsumeSettings:
     explained_features: int = 5  # per flagged record, most surprising first; 0: every field
     required_fields: tuple[str, ...] = ()
     schema_versions: tuple[str, ...] = ()
+    isolation_level: str = "read_uncommitted"  # or read_committed (transactional producers)
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
     db_timeouts: Timeouts = DB_TIMEOUTS
@@ -199,6 +200,7 @@ def run_consumer(
                 group=settings.group,
                 topics=settings.topics,
                 session_timeout_ms=settings.session_timeout_ms,
+                isolation_level=settings.isolation_level,
                 extra=dict(settings.kafka_options),
             )
             source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance, give_up_at=give_up_at)

@@ -116,6 +116,7 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 50
     auto_offset_reset: str = "earliest"
     client_id: str = "latentwatch"
+    isolation_level: str = "read_uncommitted"  # read_committed: skip aborted transactions
     # kafka-python settings (security_protocol, sasl_*, ssl_*, max_poll_interval_ms ...); each
     # client gets the ones it knows (options_for)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -128,6 +129,7 @@ def _consumer_config(s: KafkaSettings) -> dict[str, Any]:
         "client_id": s.client_id,
         "enable_auto_commit": False,
         "auto_offset_reset": s.auto_offset_reset,
+        "isolation_level": s.isolation_level,
         "session_timeout_ms": s.session_timeout_ms,
         # a third of the session, at most 1 s (Kafka requires it below the session timeout)
         "heartbeat_interval_ms": max(min(1000, s.session_timeout_ms // 3), 1),

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from cancer_model import Model
+from confluent_kafka import Producer as ConfluentProducer
+from kafka import KafkaConsumer
 from stream_harness import (
     Outgoing,
     committed_offsets,
@@ -24,6 +26,7 @@ from stream_harness import (
     wait_until,
 )
 
+import streams.kafka
 from latentwatch.embedded import EmbeddedBroker
 from streams.kafka import ensure_topics
 
@@ -145,3 +148,42 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_and_skipped(
     assert letter.value[16] == 2
     warnings = [line for line in text.splitlines() if "could not be decoded" in line]
     assert len(warnings) == 1, text[-3000:]
+
+
+def test_read_committed_reaches_the_client_and_transactions_are_consumed(
+    model: Model,
+    broker: EmbeddedBroker,
+    topic: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--isolation-level read_committed reaches kafka-python's consumer, and the records of an
+    idempotent, transactional librdkafka producer's committed transactions are consumed. (The
+    embedded broker does not enforce isolation, so what happens to aborted ones is not
+    tested here.)"""
+    made: list[dict[str, object]] = []
+
+    class Recorded(KafkaConsumer):  # type: ignore[misc]
+        def __init__(self, *topics: str, **config: object) -> None:
+            super().__init__(*topics, **config)
+            made.append(self.config)
+
+    monkeypatch.setattr(streams.kafka, "KafkaConsumer", Recorded)
+    ensure_topics(broker.bootstrap, [topic], partitions=2)
+    sent = records(model, "tx", 40, 10)
+    producer = ConfluentProducer(
+        {"bootstrap.servers": broker.bootstrap, "transactional.id": f"tx-{topic}"}
+    )
+    producer.init_transactions(30)
+    for part in (sent[:25], sent[25:]):
+        producer.begin_transaction()
+        for value in encode(part):
+            producer.produce(topic, value=value)
+        producer.commit_transaction(30)
+    db = f"sqlite:///{tmp_path / 'latentwatch.db'}"
+    group = f"g-{topic}"
+    s = settings(model.path, broker.bootstrap, topic, db, group, isolation_level="read_committed")
+    with thread_consumer(s) as consumer:
+        wait_until(lambda: consumer.consumed >= len(sent), 30, "the committed records")
+    assert [c["isolation_level"] for c in made] == ["read_committed"]
+    assert {str(r["record_id"]) for r in stored_rows(db, topic)} == model.flagged_ids(sent)
