@@ -234,9 +234,10 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command ran; typer turns one inside into Exit(130)
         code = EXIT_INTERRUPTED
     except Exception as exc:
-        # `latentwatch` or `latentwatch db` alone: the help is printed already. By name, as typer
-        # itself tells it apart: the class lives in typer's private copy of click.
+        # `latentwatch` or `latentwatch db` alone: the help, as --help prints it. By name, as
+        # typer itself tells it apart: the class lives in typer's private copy of click.
         if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(getattr(exc, "format_message", lambda: "")())
             sys.exit(EXIT_USAGE)
         error = _error_line(exc)
         if error is None:

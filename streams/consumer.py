@@ -388,7 +388,6 @@ class ConsumerLoop:
         for u in skipped:
             m.record_consumed(u.topic, u.records)
             m.record_rejects(u.topic, {UNDECODABLE_BATCH: u.records})
-            m.undecodable_batch(u.topic)
         m.batch_done(duration_s, self.clock())
         self._publish_lag()
 

@@ -204,11 +204,6 @@ class StreamMetrics:
             "commit_failures", "Kafka offset commits that failed (the batch is redelivered)."
         )
         self._rebalances = counter("rebalances", "Consumer-group rebalances (partitions revoked).")
-        self._undecodable_batches = counter(
-            "undecodable_batches",
-            "Record batches the Kafka client could not decode, dead-lettered and skipped.",
-            by_topic,
-        )
 
         self._severity = histogram(
             "severity", "Severity 0-100 of scored records.", SEVERITY_BUCKETS
@@ -286,7 +281,6 @@ class StreamMetrics:
             counter.labels(topic=topic)
         for reason in REJECT_REASONS:
             self._rejected.labels(topic=topic, reason=reason)
-        self._undecodable_batches.labels(topic=topic)
 
     def set_model(
         self,
@@ -406,11 +400,6 @@ class StreamMetrics:
 
     def commit_failure(self) -> None:
         self._commit_failures.inc()
-
-    def undecodable_batch(self, topic: str) -> None:
-        """A record batch was stepped over (its records are counted as rejected)."""
-        self._add_topic(topic)
-        self._undecodable_batches.labels(topic=topic).inc()
 
     def rebalance(self) -> None:
         """Partitions were revoked (the lag series follow at the loop's next :meth:`set_lags`)."""

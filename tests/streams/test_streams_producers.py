@@ -1,6 +1,7 @@
 """Topics as real producers write them, sent by the independent client (librdkafka through
-confluent-kafka): every compression codec Kafka defines, and a record batch that kafka-python
-cannot decode, which must be dead-lettered and skipped, never a stall."""
+confluent-kafka): every compression codec Kafka defines; a record batch that kafka-python
+cannot decode, which must be dead-lettered and skipped, never a stall; transactions, read with
+--isolation-level read_committed."""
 
 from __future__ import annotations
 
