@@ -1,13 +1,11 @@
 """Start-up errors that cannot fix themselves (nothing listening on the Kafka port, a database
 that does not exist, a role the server refuses): one clear line per attempt at a backed-off
 rate, kafka-python's own per-connection errors folded into it, and --startup-timeout to give
-up with a non-zero exit."""
+up with an error (the CLI's one line and exit status 1, as for every LatentwatchError)."""
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,43 +18,32 @@ from latentwatch.embedded import free_port
 from latentwatch.service import ConsumeSettings, StartupTimeoutError, run_consumer
 
 
-def test_nothing_listening_on_the_kafka_port(cancer_model: Model, tmp_path: Path) -> None:
+def test_nothing_listening_on_the_kafka_port(
+    cancer_model: Model, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     bootstrap = f"127.0.0.1:{free_port()}"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "latentwatch",
-            "consume",
-            "--model",
-            str(cancer_model.path),
-            "--bootstrap",
-            bootstrap,
-            "--topic",
-            "t",
-            "--db",
-            f"sqlite:///{tmp_path / 'x.db'}",
-            "--metrics-port",
-            "-1",
-            "--startup-timeout",
-            "3",
-            "--kafka-option",
-            "bootstrap_timeout_ms=1000",  # an attempt gives up after 1 s, not kafka-python's 5
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    settings = ConsumeSettings(
+        model=cancer_model.path,
+        bootstrap=bootstrap,
+        topics=("t",),
+        db=f"sqlite:///{tmp_path / 'x.db'}",
+        metrics_port=None,
+        startup_timeout_s=3.0,
+        kafka_options={"bootstrap_timeout_ms": 1000},  # an attempt: 1 s, not kafka-python's 5
     )
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 1, proc.stderr
-    assert not [line for line in lines if " kafka." in line], proc.stderr  # folded, every one
-    attempts = [line for line in lines if "reaching Kafka at" in line]
-    assert 1 <= len(attempts) <= 3, proc.stderr
-    assert "ECONNREFUSED" in attempts[0] and "retrying in" in attempts[0]
-    assert lines[-1].startswith(f"latentwatch: error: consumer of t: reaching Kafka at {bootstrap}")
-    assert "gave up after" in lines[-1] and "(--startup-timeout 3 s)" in lines[-1]
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(StartupTimeoutError) as error:
+        run_consumer(settings)
+    message = str(error.value)
+    assert message.startswith(f"consumer of t: reaching Kafka at {bootstrap}: gave up after")
+    assert "ECONNREFUSED" in message and message.endswith("(--startup-timeout 3 s)")
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [r for r in shown if r.name.startswith("kafka")]  # folded, every one
+    assert 1 <= len(shown) <= 3
+    for record in shown:
+        line = record.getMessage()
+        assert f"reaching Kafka at {bootstrap} failed" in line and "ECONNREFUSED" in line
+        assert "kafka-python log lines folded" in line and "retrying in" in line
 
 
 @pytest.mark.postgres

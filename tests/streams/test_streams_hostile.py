@@ -143,7 +143,7 @@ def stored(db: str, record_ids: list[str]) -> dict[str, tuple[bytes | None, int]
 
 
 @settings(
-    max_examples=10,
+    max_examples=8,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
