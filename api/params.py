@@ -90,6 +90,14 @@ def flagged_filter(  # noqa: PLR0917 - FastAPI passes query parameters by keywor
         str | None,
         Query(max_length=1_000, pattern=NO_NUL, description="The most surprising field's name."),
     ] = None,
+    key: Annotated[
+        str | None,
+        Query(
+            pattern=NO_NUL,
+            description="The Kafka key, readable form: its text, or hex digits for a binary "
+            "key (as `key` in the records). Not indexed: combine it with a time range.",
+        ),
+    ] = None,
 ) -> FlaggedFilter:
     if min_severity is not None and record_score is not None:
         raise invalid(
@@ -105,6 +113,7 @@ def flagged_filter(  # noqa: PLR0917 - FastAPI passes query parameters by keywor
             model_version=model_version,
             cluster=cluster,
             top_feature=top_feature,
+            key=key,
         )
     except QueryError as exc:
         raise invalid("query", "end", str(exc), end) from None

@@ -4,6 +4,7 @@ nats with higher = more anomalous."""
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Any, Literal
 
@@ -51,7 +52,14 @@ class FlaggedSummaryOut(_Out):
     partition: int
     offset: int
     kafka_timestamp: int = Field(description="Kafka message timestamp, ms since the epoch.")
-    key: str | None
+    key: str | None = Field(
+        validation_alias="key_text",
+        description="The Kafka key, readable: as text when it is UTF-8 without NUL bytes, else "
+        "as hex digits (binary keys: Java's Long serializer, UUIDs).",
+    )
+    key_base64: str | None = Field(
+        validation_alias="key", description="The Kafka key's exact bytes, base64-encoded."
+    )
     record_id: str | None
     event_time: datetime | None
     scored_time: datetime
@@ -68,6 +76,11 @@ class FlaggedSummaryOut(_Out):
     top_feature: str | None
     explanation: ExplanationOut
     label: Label | None = Field(description="The current verdict: the newest feedback, if any.")
+
+    @field_validator("key_base64", mode="before")
+    @classmethod
+    def _base64(cls, key: bytes | str | None) -> str | None:
+        return base64.b64encode(key).decode() if isinstance(key, bytes) else key
 
 
 class FeedbackOut(_Out):

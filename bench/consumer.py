@@ -33,7 +33,7 @@ from latentwatch.service import model_metrics
 from storage.database import ensure_schema, make_engine, session_factory
 from storage.repository import write_flagged
 from streams.consumer import ConsumerLoop, LoopSettings, Offsets
-from streams.messages import Message, PlainMessage, Rejection
+from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
 from streams.sql_sink import SqlSink
 
 PARTITIONS = 4
@@ -43,6 +43,9 @@ class InstantSource:
     """Nothing to poll (batches are handed to ``process``); commits succeed at once."""
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
+        return []
+
+    def undecodable(self) -> list[UndecodableBatch]:
         return []
 
     def commit(self, offsets: Offsets) -> bool:

@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
@@ -19,6 +19,7 @@ app = typer.Typer(
     help="Learn what normal records look like; watch a Kafka stream for the ones that are not.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: readable at 80 columns, nothing cut
     add_completion=False,
 )
 
@@ -233,9 +234,10 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command ran; typer turns one inside into Exit(130)
         code = EXIT_INTERRUPTED
     except Exception as exc:
-        # `latentwatch` or `latentwatch db` alone: the help is printed already. By name, as typer
-        # itself tells it apart: the class lives in typer's private copy of click.
+        # `latentwatch` or `latentwatch db` alone: the help, as --help prints it. By name, as
+        # typer itself tells it apart: the class lives in typer's private copy of click.
         if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(getattr(exc, "format_message", lambda: "")())
             sys.exit(EXIT_USAGE)
         error = _error_line(exc)
         if error is None:
@@ -339,24 +341,48 @@ def _kafka_options(values: list[str] | None) -> dict[str, object]:
 
 @app.command()
 def consume(
-    model: Annotated[Path, typer.Option(envvar=_env("MODEL"), help="Model directory")],
-    bootstrap: Annotated[str, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka host:port[,...]")],
-    topic: Annotated[list[str], typer.Option(envvar=_env("TOPICS"), help="Topic(s) to watch")],
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL for flagged records")],
+    model: Annotated[
+        Path, typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory")
+    ],
+    bootstrap: Annotated[
+        str,
+        typer.Option(envvar=_env("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
+    ],
+    topic: Annotated[
+        list[str],
+        typer.Option(envvar=_env("TOPICS"), metavar="TOPIC", help="Topic(s) to watch"),
+    ],
+    db: Annotated[
+        str,
+        typer.Option(envvar=_env("DB"), metavar="URL", help="Database for flagged records"),
+    ],
     group: Annotated[
-        str, typer.Option(envvar=_env("GROUP"), help="Consumer group")
+        str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
     ] = "latentwatch",
     deadletter_topic: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("DEADLETTER_TOPIC"), help="Dead-letter topic [<topic>.deadletter]"
+            envvar=_env("DEADLETTER_TOPIC"),
+            metavar="TOPIC",
+            help="Dead-letter topic [default: <topic>.deadletter]",
         ),
     ] = None,
-    metrics_host: Annotated[str, typer.Option(envvar=_env("METRICS_HOST"))] = "127.0.0.1",
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            envvar=_env("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
+        ),
+    ] = "127.0.0.1",
     metrics_port: Annotated[
-        int, typer.Option(envvar=_env("METRICS_PORT"), help="Prometheus /metrics port; -1: off")
+        int,
+        typer.Option(
+            envvar=_env("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
+        ),
     ] = 9464,
-    max_records: Annotated[int, typer.Option(envvar=_env("MAX_RECORDS"), help="Per poll")] = 2000,
+    max_records: Annotated[
+        int,
+        typer.Option(envvar=_env("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
+    ] = 2000,
     typed_decoding: Annotated[
         bool,
         typer.Option(
@@ -364,35 +390,84 @@ def consume(
             help="Decode batches of known fields straight into the model's columns (msgspec)",
         ),
     ] = True,
-    session_timeout_ms: Annotated[int, typer.Option(envvar=_env("SESSION_TIMEOUT_MS"))] = 6000,
-    max_message_bytes: Annotated[int, typer.Option(envvar=_env("MAX_MESSAGE_BYTES"))] = 1_048_576,
+    session_timeout_ms: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("SESSION_TIMEOUT_MS"),
+            metavar="MS",
+            help="Consumer-group session: a member silent this long is replaced",
+        ),
+    ] = 6000,
+    max_message_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar=_env("MAX_MESSAGE_BYTES"),
+            metavar="BYTES",
+            help="Larger message values are dead-lettered as oversized",
+        ),
+    ] = 1_048_576,
     explain_features: Annotated[
         int,
         typer.Option(
             envvar=_env("EXPLAIN_FEATURES"),
             min=0,
+            metavar="N",
             help="Features explained per flagged record, most surprising first; 0: all",
         ),
     ] = 5,
     require: Annotated[
         list[str] | None,
-        typer.Option(envvar=_env("REQUIRED_FIELDS"), help="Field(s) a record must carry"),
+        typer.Option(
+            envvar=_env("REQUIRED_FIELDS"), metavar="FIELD", help="Field(s) a record must carry"
+        ),
     ] = None,
     schema_version: Annotated[
         list[str] | None,
         typer.Option(
             envvar=_env("SCHEMA_VERSIONS"),
+            metavar="VERSION",
             help="Accepted `schema-version` header / `schema_version` field values",
         ),
     ] = None,
+    isolation_level: Annotated[
+        Literal["read_uncommitted", "read_committed"],
+        typer.Option(
+            envvar=_env("ISOLATION_LEVEL"),
+            help="read_committed: only records of committed transactions (transactional "
+            "producers); read_uncommitted: every record, Kafka's default",
+        ),
+    ] = "read_uncommitted",
     kafka_option: Annotated[
         list[str] | None,
-        typer.Option(envvar=_env("KAFKA_OPTIONS"), help="Extra kafka-python setting name=value"),
+        typer.Option(
+            envvar=_env("KAFKA_OPTIONS"),
+            metavar="NAME=VALUE",
+            help="Extra kafka-python setting, e.g. security_protocol=SASL_SSL",
+        ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    startup_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar=_env("STARTUP_TIMEOUT"),
+            min=0,
+            metavar="SECONDS",
+            help="How long to keep trying to reach the database and Kafka at start before "
+            "exiting with an error; 0: keep trying",
+        ),
+    ] = 0.0,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            envvar=_env("LOG_LEVEL"), metavar="LEVEL", help="debug, info, warning or error"
+        ),
+    ] = "info",
     config: ConfigOption = None,
 ) -> None:
-    """Watch Kafka topic(s): score every record, store flagged ones, dead-letter bad ones."""
+    """Watch Kafka topic(s): score every record, store flagged ones, dead-letter bad ones.
+
+    Topics may be compressed with gzip, snappy, lz4 or zstd; keys may be binary. Every option
+    can also come from its environment variable or a --config file (docs/streams.md).
+    """
     from latentwatch.service import ConsumeSettings, run_consumer
 
     _setup_logging(log_level)
@@ -413,6 +488,8 @@ def consume(
         required_fields=_split(require),
         schema_versions=_split(schema_version),
         kafka_options=_kafka_options(kafka_option),
+        isolation_level=isolation_level,
+        startup_timeout_s=startup_timeout,
     )
     run_consumer(settings)
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -23,7 +25,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from detector.detector import Detector
-from storage.database import ensure_schema, make_engine, redact, session_factory
+from detector.errors import LatentwatchError
+from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
@@ -33,6 +36,8 @@ from streams.consumer import (
     UnstorableRecord,
 )
 from streams.kafka import (
+    STARTUP_RETRY_INITIAL_S,
+    STARTUP_RETRY_MAX_S,
     DeadLetterProducer,
     KafkaSettings,
     KafkaSource,
@@ -42,10 +47,17 @@ from streams.kafka import (
 )
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
-from streams.retry import Stopped, retry_with_backoff
+from streams.retry import GaveUp, Stopped, retry_with_backoff
 from streams.sql_sink import SqlSink
 
 log = logging.getLogger("latentwatch.service")
+
+# SIGTERM ends the process within this many seconds, whatever it is waiting on: gracefully when
+# the database answers within its timeouts (ConsumeSettings.db_timeouts), else by force.
+SHUTDOWN_TIMEOUT_S = 10.0
+EXIT_FORCED = 1
+# A write waits at most 5 s for a lock and runs at most 10 s; then it is logged and retried.
+DB_TIMEOUTS = Timeouts(statement_s=10.0, lock_s=5.0)
 
 
 @dataclass(frozen=True)
@@ -66,28 +78,59 @@ class ConsumeSettings:
     explained_features: int = 5  # per flagged record, most surprising first; 0: every field
     required_fields: tuple[str, ...] = ()
     schema_versions: tuple[str, ...] = ()
+    isolation_level: str = "read_uncommitted"  # or read_committed (transactional producers)
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
+    db_timeouts: Timeouts = DB_TIMEOUTS
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
+    # give up (StartupTimeoutError) when the database or Kafka still fails this long after
+    # start; 0: keep trying
+    startup_timeout_s: float = 0.0
 
 
-def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) -> Any:
-    """Retry a start-up step that needs the database. Only unreachability is retried; a wrong
-    schema or URL fails at once."""
+class StartupTimeoutError(LatentwatchError):
+    """The database or Kafka could not be reached within the start-up timeout."""
+
+
+def _until_ready(
+    what: str, action: Callable[[], Any], stop: threading.Event, give_up_at: float | None
+) -> Any:
+    """Retry a start-up step that needs the database: one line per attempt, backed off. Only
+    unreachability is retried (a server down, a database or role it does not have yet); a
+    wrong schema or URL fails at once."""
     return retry_with_backoff(
-        action, what, stop, retry_on=(OperationalError, InterfaceError, OSError, Unavailable)
+        action,
+        what,
+        stop,
+        retry_on=(OperationalError, InterfaceError, OSError, Unavailable),
+        initial_s=STARTUP_RETRY_INITIAL_S,
+        max_s=STARTUP_RETRY_MAX_S,
+        give_up_at=give_up_at,
     )
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, commits, leaves the group."""
+def stop_on_signals(stop: threading.Event, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> Iterator[None]:
+    """SIGTERM/SIGINT set ``stop``: the loop finishes its batch, commits, leaves the group. If
+    that has not happened ``timeout_s`` later (a dependency that does not answer), or at a
+    second signal, the process exits at once with nothing more committed: the batch in hand
+    is redelivered to the group. Only in the main thread (a process of its own)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if stop.is_set():
+            _exit_now(f"received {name} again")
+            return
+        log.info("received %s: finishing the current batch (at most %.0f s)", name, timeout_s)
         stop.set()
+        timer = threading.Timer(
+            timeout_s, _exit_now, [f"still not stopped {timeout_s:.0f} s after {name}"]
+        )
+        timer.daemon = True
+        timer.start()
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -95,6 +138,16 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def _exit_now(why: str) -> None:
+    """Leave without committing anything more: the group redelivers what was not committed,
+    and the database rolls back a transaction whose connection is gone."""
+    log.error("%s: exiting now; the batch in hand is left uncommitted for redelivery", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_FORCED)
 
 
 def model_metrics(
@@ -127,52 +180,44 @@ def run_consumer(
     stop = stop or threading.Event()
     torch.set_num_threads(max(settings.torch_threads, 1))
     detector, manifest = artifact.load(settings.model)
-    engine = make_engine(settings.db)
+    engine = make_engine(settings.db, settings.db_timeouts)
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.topics)
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
+    limit = settings.startup_timeout_s
+    give_up_at = time.monotonic() + limit if limit > 0 else None
     try:
-        with stop_on_signals(stop):
-            if settings.metrics_port is not None:
-                server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-                log.info("metrics at %s", server.url)
-                if on_metrics is not None:
-                    on_metrics(server)
-            _until_ready(f"database {redact(settings.db)}", lambda: ensure_schema(engine), stop)
+        with stop_on_signals(stop, settings.shutdown_timeout_s):
+            server = _serve_metrics(settings, registry, on_metrics)
+            database = f"database {redact(settings.db)}"
+            _until_ready(database, lambda: ensure_schema(engine), stop, give_up_at)
             sink = SqlSink(session_factory(engine), detector.version, manifest)
-            _until_ready("database", sink.register_model, stop)
+            _until_ready(database, sink.register_model, stop, give_up_at)
             kafka = KafkaSettings(
                 bootstrap=settings.bootstrap,
                 group=settings.group,
                 topics=settings.topics,
                 session_timeout_ms=settings.session_timeout_ms,
+                isolation_level=settings.isolation_level,
                 extra=dict(settings.kafka_options),
             )
-            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance)
+            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance, give_up_at=give_up_at)
             producer = connect(
                 lambda clients: make_producer(
                     settings.bootstrap, settings.kafka_options, kafka_client=clients
                 ),
                 "dead-letter producer",
                 stop,
+                bootstrap=settings.bootstrap,
+                give_up_at=give_up_at,
             )
             if not source.connected or producer is None:
                 return RunTotals()
             dead_letters = DeadLetterProducer(producer, settings.deadletter_topic)
             _create_deadletter_topics(settings, dead_letters)
-            loop_settings = LoopSettings(
-                poll_timeout_s=settings.poll_timeout_s,
-                explained_features=settings.explained_features,
-                max_records=settings.max_records,
-                typed_decoding=settings.typed_decoding,
-                policy=DecodePolicy(
-                    max_bytes=settings.max_message_bytes,
-                    required_fields=settings.required_fields,
-                    schema_versions=settings.schema_versions,
-                ),
-            )
+            loop_settings = _loop_settings(settings)
             log.info(
                 "consuming %s as group %r with model %s; flagged records to %s",
                 ", ".join(settings.topics),
@@ -207,6 +252,8 @@ def run_consumer(
     except Stopped as exc:
         log.info("stopped while waiting for %s", exc)
         return RunTotals()
+    except GaveUp as exc:
+        raise StartupTimeoutError(f"{exc} (--startup-timeout {limit:g} s)") from None
     finally:
         if source is not None:
             source.close()
@@ -215,6 +262,34 @@ def run_consumer(
         if server is not None:
             server.close()
         engine.dispose()
+
+
+def _serve_metrics(
+    settings: ConsumeSettings,
+    registry: CollectorRegistry,
+    on_metrics: Callable[[MetricsServer], None] | None,
+) -> MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
+    log.info("metrics at %s", server.url)
+    if on_metrics is not None:
+        on_metrics(server)
+    return server
+
+
+def _loop_settings(settings: ConsumeSettings) -> LoopSettings:
+    return LoopSettings(
+        poll_timeout_s=settings.poll_timeout_s,
+        explained_features=settings.explained_features,
+        max_records=settings.max_records,
+        typed_decoding=settings.typed_decoding,
+        policy=DecodePolicy(
+            max_bytes=settings.max_message_bytes,
+            required_fields=settings.required_fields,
+            schema_versions=settings.schema_versions,
+        ),
+    )
 
 
 def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLetterProducer) -> None:

@@ -9,6 +9,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +51,38 @@ class SchemaVersionError(LatentwatchError):
     """The database schema is not the one this version of latentwatch expects."""
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class Timeouts:
+    """How long one PostgreSQL statement may run, and wait for a lock, before it fails (None:
+    no limit, as for migrations, which may run long). The consumer sets both: a write that
+    fails is logged and retried with backoff, where a write without limits would hang, and
+    a shutdown behind it, for as long as a lock is held. (SQLite waits at most
+    ``SQLITE_BUSY_TIMEOUT_MS`` for a lock, always.)"""
+
+    statement_s: float | None = None
+    lock_s: float | None = None
+
+    def postgres_options(self) -> str:
+        """libpq's ``options``: server settings for each connection."""
+        limits = {"statement_timeout": self.statement_s, "lock_timeout": self.lock_s}
+        return " ".join(
+            f"-c {name}={round(s * 1000)}" for name, s in limits.items() if s is not None
+        )
+
+
+def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:
     """An engine for a SQLite file or a PostgreSQL server, with the per-connection settings
-    each needs. ``postgresql://`` is taken to mean the psycopg 3 driver."""
+    each needs. ``postgresql://`` is taken to mean the psycopg 3 driver. A URL's own
+    settings win over ``timeouts`` (``?options=-c statement_timeout=60000``)."""
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed)
     connect_args = {k: v for k, v in _POSTGRES_CONNECT.items() if k not in parsed.query}
+    given = parsed.query.get("options", ())
+    theirs = [given] if isinstance(given, str) else list(given)
+    options = " ".join(filter(None, [timeouts.postgres_options(), *theirs]))
+    if options:  # the URL's come last: for a setting given twice, the last one counts
+        connect_args["options"] = options
     return create_engine(
         parsed,
         pool_pre_ping=True,

@@ -23,6 +23,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -92,7 +93,8 @@ class FlaggedRecordRow(Base):
     partition: Mapped[int] = mapped_column("kafka_partition", Integer)
     offset: Mapped[int] = mapped_column("kafka_offset", BigInteger)
     kafka_timestamp: Mapped[int] = mapped_column(BigInteger)
-    key: Mapped[str | None] = mapped_column(Text)
+    key: Mapped[bytes | None] = mapped_column(LargeBinary)  # the Kafka key's exact bytes
+    key_text: Mapped[str | None] = mapped_column(Text)  # readable: UTF-8 text, else hex
     record_id: Mapped[str | None] = mapped_column(Text)
     event_time: Mapped[datetime | None] = mapped_column(UTCDateTime)
     scored_time: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -75,6 +75,7 @@ class FlaggedFilter:
     model_version: str | None = None
     cluster: int | None = None
     top_feature: str | None = None
+    key: str | None = None  # the readable form (storage.records.readable_key)
 
     def __post_init__(self) -> None:
         for name in ("start", "end"):
@@ -112,7 +113,8 @@ class FlaggedSummary:
     partition: int
     offset: int
     kafka_timestamp: int
-    key: str | None
+    key: bytes | None  # exact
+    key_text: str | None  # readable: UTF-8 text, else hex
     record_id: str | None
     event_time: datetime | None
     scored_time: datetime
@@ -178,6 +180,7 @@ def _conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]]:
         row.model_version: flt.model_version,
         row.cluster: flt.cluster,
         row.top_feature: flt.top_feature,
+        row.key_text: flt.key,  # no index: keys have no length limit (an index entry has)
     }
     conditions.extend(column == value for column, value in equal.items() if value is not None)
     return conditions

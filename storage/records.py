@@ -24,6 +24,22 @@ _NUMBER_FIELDS = (
 )
 
 
+def readable_key(key: bytes) -> str:
+    """A Kafka key as text: itself when it is UTF-8 without NUL bytes (which PostgreSQL text
+    cannot hold), else its hex digits. Binary keys are common: Java's Integer and Long
+    serializers, 16-byte UUIDs.
+
+    >>> readable_key(b"customer-7"), readable_key((42).to_bytes(8, "big"))
+    ('customer-7', '000000000000002a')
+    """
+    if b"\x00" not in key:
+        try:
+            return key.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return key.hex()
+
+
 @dataclass(frozen=True)
 class FlaggedRecord:
     """One record the detector flagged. (topic, partition, offset, kafka_timestamp) identifies
@@ -38,7 +54,7 @@ class FlaggedRecord:
     # topic that was deleted and recreated (or a broker that lost its log) reuses offsets: the
     # same offset with another timestamp is another record, not a redelivery.
     kafka_timestamp: int
-    key: str | None  # Kafka message key, decoded as UTF-8 (None if absent)
+    key: bytes | None  # Kafka message key, its exact bytes (None if absent)
     record_id: str | None  # value of the model's id column, if any
     event_time: datetime | None  # timezone-aware (record timestamp)
     scored_time: datetime  # timezone-aware
@@ -59,7 +75,17 @@ class FlaggedRecord:
     explanation: Mapping[str, Any]
     record: Mapping[str, Any]  # the original record as JSON
 
+    @property
+    def key_text(self) -> str | None:
+        """The key as people read it (:func:`readable_key`), stored beside its bytes."""
+        return None if self.key is None else readable_key(self.key)
+
     def __post_init__(self) -> None:
+        if self.key is not None and not isinstance(self.key, bytes):
+            raise TypeError(
+                f"FlaggedRecord.key must be bytes or None, got {type(self.key).__name__}: "
+                "pass the Kafka key as it came (e.g. text.encode())"
+            )
         # A naive time cannot be compared with stored UTC times; fail where the bug is made.
         for name in ("event_time", "scored_time"):
             value = getattr(self, name)

@@ -32,7 +32,8 @@ from storage.models import (
 )
 from storage.records import FlaggedRecord, ModelVersion, StreamCount
 
-_RECORD_FIELDS = tuple(field.name for field in fields(FlaggedRecord))
+# What a stored record holds: its fields, and the readable form of its key.
+_RECORD_FIELDS = (*(field.name for field in fields(FlaggedRecord)), "key_text")
 _FLAGGED = Base.metadata.tables["flagged_records"]
 _MODEL_VERSIONS = Base.metadata.tables["model_versions"]
 _STREAM_COUNTS = Base.metadata.tables["stream_counts"]
@@ -172,7 +173,7 @@ def _storable_json(record: FlaggedRecord) -> tuple[JSONText, JSONText]:
         if len(getattr(record, name)) > limit:
             message = f"{_where(record, name)} is longer than {limit} characters"
             raise UnstorableRecordError(message, record)
-    for name in ("topic", "key", "record_id", "model_version", "top_feature"):
+    for name in ("topic", "record_id", "model_version", "top_feature"):
         _check_text(getattr(record, name), name, record)
     for name in ("event_time", "scored_time"):
         _check_time(getattr(record, name), name, record)

@@ -27,10 +27,13 @@ import numpy as np
 from detector.detector import Detector
 from storage.records import FlaggedRecord, StreamCount
 from streams.messages import (
+    SCORING_FAILED,
+    UNDECODABLE_BATCH,
     UNSTORABLE,
     DecodePolicy,
     Message,
     Rejection,
+    UndecodableBatch,
 )
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
@@ -58,6 +61,7 @@ class UnstorableRecord(Exception):  # noqa: N818
 
 class Source(Protocol):
     def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
+    def undecodable(self) -> list[UndecodableBatch]: ...  # stepped over by the polls since
     def commit(self, offsets: Offsets) -> bool: ...  # False: the group moved on, redelivery
     def lag(self) -> dict[tuple[str, int], int]: ...
 
@@ -106,6 +110,10 @@ class RunTotals:
     stored: int = 0
 
 
+# Kafka timestamps further ahead of the consumer's clock than this are left out of the latency
+# and newest-record metrics: one producer with a wrong clock would hold the gauge in the future.
+FUTURE_TOLERANCE_S = 300.0
+
 # Per-message fields, read in C: the loop handles thousands of messages a batch.
 _TOPIC = attrgetter("topic")
 _TOPIC_PARTITION = attrgetter("topic", "partition")
@@ -123,11 +131,14 @@ def _group_by_topic(messages: Sequence[Message]) -> dict[str, list[Message]]:
     return groups
 
 
-def _stream_counts(batches: Sequence[TopicBatch], now: datetime) -> list[StreamCount]:
+def _stream_counts(
+    batches: Sequence[TopicBatch], skipped: Sequence[UndecodableBatch], now: datetime
+) -> list[StreamCount]:
     """What the batch did per topic, for the flagged share in SQL. A flagged record that no
-    database accepts counts as flagged here (and as rejected in the metrics)."""
+    database accepts counts as flagged here (and as rejected in the metrics); the records of
+    a batch the client could not decode as consumed and rejected."""
     minute = now.replace(second=0, microsecond=0)
-    return [
+    counts = [
         StreamCount(
             b.topic,
             minute,
@@ -138,12 +149,19 @@ def _stream_counts(batches: Sequence[TopicBatch], now: datetime) -> list[StreamC
         )
         for b in batches
     ]
+    counts += [StreamCount(b.topic, minute, b.records, 0, 0, b.records) for b in skipped]
+    return counts
 
 
-def _next_offsets(messages: Sequence[Message]) -> dict[tuple[str, int], int]:
+def _next_offsets(
+    messages: Sequence[Message], skipped: Sequence[UndecodableBatch] = ()
+) -> dict[tuple[str, int], int]:
     """Per partition, the offset after its last message (a poll gives each partition's
-    messages in offset order): where the group resumes."""
+    messages in offset order), or after a batch stepped over: where the group resumes."""
     last = dict(zip(map(_TOPIC_PARTITION, messages), map(_OFFSET, messages), strict=True))
+    for batch in skipped:
+        position = (batch.topic, batch.partition)
+        last[position] = max(last.get(position, -1), batch.last_offset)
     return {partition: offset + 1 for partition, offset in last.items()}
 
 
@@ -187,11 +205,12 @@ class ConsumerLoop:
                     stop,
                     on_error=self.metrics.poll_error,
                 )
-                if not messages:
+                skipped = self.source.undecodable()
+                if not messages and not skipped:
                     self.metrics.idle(self.clock())
                     self._publish_lag()
                     continue
-                self.process(messages, stop)
+                self.process(messages, stop, skipped)
             except Stopped as exc:
                 log.warning(
                     "shutdown while retrying %s: batch left uncommitted for redelivery", exc
@@ -199,27 +218,51 @@ class ConsumerLoop:
                 break
         return self.totals
 
-    def process(self, messages: Sequence[Message], stop: threading.Event) -> None:
-        """Handle one polled batch end to end; raises Stopped if shutdown interrupts a retry."""
+    def process(
+        self,
+        messages: Sequence[Message],
+        stop: threading.Event,
+        skipped: Sequence[UndecodableBatch] = (),
+    ) -> None:
+        """Handle one polled batch end to end, with the record batches the poll stepped over;
+        raises Stopped if shutdown interrupts a retry."""
         started = time.perf_counter()
-        self.persist_and_commit(self.score(messages), messages, started, stop)
+        self.persist_and_commit(self.score(messages), messages, started, stop, skipped)
 
     def score(self, messages: Sequence[Message]) -> list[TopicBatch]:
-        """Decode, score and explain; pure apart from the model's forward pass."""
+        """Decode, score and explain; pure apart from the model's forward pass. A topic's batch
+        whose scoring raises is scored again a message at a time: a message that still fails
+        is rejected with the error, never retried, never fatal."""
         now = datetime.fromtimestamp(self.clock(), UTC)
+        batches: list[TopicBatch] = []
+        for topic, msgs in _group_by_topic(messages).items():
+            try:
+                batches.append(self._score_topic(topic, msgs, now))
+            except Exception:
+                log.exception(
+                    "scoring %d messages of %s failed: scoring them one by one", len(msgs), topic
+                )
+                batches += [self._score_alone(topic, m, now) for m in msgs]
+        return batches
+
+    def _score_topic(self, topic: str, messages: Sequence[Message], now: datetime) -> TopicBatch:
         s = self.settings
-        return [
-            score_messages(
-                topic,
-                msgs,
-                self.detector,
-                s.policy,
-                now,
-                explained_features=s.explained_features,
-                typed=self._typed,
-            )
-            for topic, msgs in _group_by_topic(messages).items()
-        ]
+        return score_messages(
+            topic,
+            messages,
+            self.detector,
+            s.policy,
+            now,
+            explained_features=s.explained_features,
+            typed=self._typed,
+        )
+
+    def _score_alone(self, topic: str, message: Message, now: datetime) -> TopicBatch:
+        try:
+            return self._score_topic(topic, [message], now)
+        except Exception as exc:
+            rejection = Rejection(message, SCORING_FAILED, f"{type(exc).__name__}: {exc}")
+            return TopicBatch(topic, 1, [rejection], [], None, [])
 
     def persist_and_commit(
         self,
@@ -227,13 +270,16 @@ class ConsumerLoop:
         messages: Sequence[Message],
         started: float,
         stop: threading.Event,
+        skipped: Sequence[UndecodableBatch] = (),
     ) -> None:
-        """Flagged records to the database and rejections to dead letters, then the offsets of
-        ``messages``, then the accounting (``started``: ``perf_counter`` when work began)."""
+        """Flagged records to the database and rejections (and the ``skipped`` record batches,
+        as fetched) to dead letters, then the offsets of ``messages`` and ``skipped``, then the
+        accounting (``started``: ``perf_counter`` when work began)."""
         now = datetime.fromtimestamp(self.clock(), UTC)
         flagged = [r for b in batches for r in b.flagged]
         rejected = [r for b in batches for r in b.rejections]
-        self.sink.count(_stream_counts(batches, now))
+        rejected += [b.rejection() for b in skipped]
+        self.sink.count(_stream_counts(batches, skipped, now))
 
         stored, unstorable = self._store(flagged, messages, stop)
         rejected += unstorable
@@ -245,14 +291,16 @@ class ConsumerLoop:
                 on_error=self.metrics.deadletter_error,
             )
         committed_at = self.clock()
-        if not self.source.commit(_next_offsets(messages)):
+        if not self.source.commit(_next_offsets(messages, skipped)):
             self.metrics.commit_failure()
             log.warning(
                 "offset commit refused (group rebalanced): %d records will be "
                 "redelivered; the database absorbs the repeat",
                 len(messages),
             )
-        self._account(batches, unstorable, stored, committed_at, time.perf_counter() - started)
+        self._account(
+            batches, skipped, unstorable, stored, committed_at, time.perf_counter() - started
+        )
 
     def _retry(
         self,
@@ -300,9 +348,10 @@ class ConsumerLoop:
             else:
                 return stored, unstorable
 
-    def _account(
+    def _account(  # noqa: PLR0917  (a private step of persist_and_commit)
         self,
         batches: list[TopicBatch],
+        skipped: Sequence[UndecodableBatch],
         unstorable: list[Rejection],
         stored: int,
         committed_at: float,
@@ -333,15 +382,20 @@ class ConsumerLoop:
             done = [*b.scored_messages, *(r.message for r in b.rejections)]
             ms = np.array(list(map(_TIMESTAMP, done)), dtype=np.float64)  # None: nan
             ms[ms < 0] = np.nan  # -1: the broker gave none
+            ms[ms > (committed_at + FUTURE_TOLERANCE_S) * 1000.0] = np.nan
             m.record_persisted(b.topic, ms / 1000.0, committed_at)
             timestamps.append(ms)
+        for u in skipped:
+            m.record_consumed(u.topic, u.records)
+            m.record_rejects(u.topic, {UNDECODABLE_BATCH: u.records})
         m.batch_done(duration_s, self.clock())
         self._publish_lag()
 
+        undecoded = sum(u.records for u in skipped)
         scored = sum(len(b.scored_messages) for b in batches)
         n_flagged = sum(len(b.flagged) for b in batches) - len(unstorable)
-        rejected = sum(len(b.rejections) for b in batches) + len(unstorable)
-        consumed = sum(b.consumed for b in batches)
+        rejected = sum(len(b.rejections) for b in batches) + len(unstorable) + undecoded
+        consumed = sum(b.consumed for b in batches) + undecoded
         t = self.totals
         t.batches += 1
         t.consumed += consumed

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
@@ -33,7 +35,8 @@ from kafka.structs import OffsetAndMetadata
 
 from detector.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
-from streams.messages import Message, Rejection, timestamp_ms
+from streams.fetcher import skip_undecodable_batches
+from streams.messages import Message, Rejection, UndecodableBatch, timestamp_ms
 from streams.retry import Stopped, retry_with_backoff
 
 log = logging.getLogger("latentwatch.kafka")
@@ -41,6 +44,9 @@ log = logging.getLogger("latentwatch.kafka")
 DEADLETTER_SUFFIX = ".deadletter"
 # A commit that cannot reach the coordinator gives up after this; the batch is redelivered.
 _COMMIT_TIMEOUT_MS = 10_000
+# Start-up waits on Kafka or the database: 1 s doubling to 30 s between attempts (and lines).
+STARTUP_RETRY_INITIAL_S = 1.0
+STARTUP_RETRY_MAX_S = 30.0
 # Without a group coordinator for this long, the consumer says so in its log: kafka-python
 # reconnects on its own, and only in log lines of its own that the CLI keeps quiet.
 OUTAGE_NOTICE_S = 5.0
@@ -110,6 +116,7 @@ class KafkaSettings:
     fetch_max_wait_ms: int = 50
     auto_offset_reset: str = "earliest"
     client_id: str = "latentwatch"
+    isolation_level: str = "read_uncommitted"  # read_committed: skip aborted transactions
     # kafka-python settings (security_protocol, sasl_*, ssl_*, max_poll_interval_ms ...); each
     # client gets the ones it knows (options_for)
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -122,6 +129,7 @@ def _consumer_config(s: KafkaSettings) -> dict[str, Any]:
         "client_id": s.client_id,
         "enable_auto_commit": False,
         "auto_offset_reset": s.auto_offset_reset,
+        "isolation_level": s.isolation_level,
         "session_timeout_ms": s.session_timeout_ms,
         # a third of the session, at most 1 s (Kafka requires it below the session timeout)
         "heartbeat_interval_ms": max(min(1000, s.session_timeout_ms // 3), 1),
@@ -156,21 +164,72 @@ class _NetworkClients:
                 log.debug("closing a failed Kafka client", exc_info=True)
 
 
+class Unreachable(Exception):  # noqa: N818  (a state, not a programming error)
+    """No broker answered a client that was connecting; the message says why."""
+
+
+class _FoldedErrors(logging.Filter):
+    """kafka-python logs every failed connection attempt itself, two lines each, several a
+    second while nothing answers. While a client connects, its network modules' warnings and
+    errors are kept out of the log and counted here; the most frequent one becomes the
+    reason in the consumer's own line, logged once per attempt at a backed-off rate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        self.lines[record.getMessage()] += 1
+        return False
+
+    @contextmanager
+    def installed(self) -> Iterator[_FoldedErrors]:
+        names = [n for n in list(logging.root.manager.loggerDict) if n.startswith("kafka.net")]
+        loggers = [logging.getLogger(n) for n in names]
+        for logger in loggers:
+            logger.addFilter(self)
+        try:
+            yield self
+        finally:
+            for logger in loggers:
+                logger.removeFilter(self)
+
+    def reason(self, exc: BaseException) -> str:
+        if not self.lines:
+            return f"{type(exc).__name__}: {exc}"
+        line, _ = self.lines.most_common(1)[0]
+        total = sum(self.lines.values())
+        return f"{line}; {total} kafka-python log lines folded"
+
+
 def connect(
-    factory: Callable[[Any], Any], what: str, stop: threading.Event, max_delay_s: float = 10.0
+    factory: Callable[[Any], Any],
+    what: str,
+    stop: threading.Event,
+    *,
+    bootstrap: str,
+    give_up_at: float | None = None,
 ) -> Any:
-    """Create a client, retrying with backoff while no broker answers (broker down at start).
-    ``factory`` receives the ``kafka_client`` setting to pass on, so that a failed attempt's
-    network client is closed. Returns None if ``stop`` is set first. Invalid settings fail at
-    once."""
+    """Create a client, retrying with backoff while no broker answers (broker down at start),
+    one line per failed attempt with kafka-python's own lines folded into it (and, past
+    ``give_up_at``, :class:`streams.retry.GaveUp`). ``factory`` receives the ``kafka_client``
+    setting to pass on, so that a failed attempt's network client is closed. Returns None if
+    ``stop`` is set first. Invalid settings fail at once."""
 
     def create() -> Any:
         clients = _NetworkClients()
+        folded = _FoldedErrors()
         try:
-            return factory(clients)
+            with folded.installed():
+                return factory(clients)
         except KafkaConfigurationError as exc:
             clients.close()
             raise KafkaSettingsError(f"{what}: invalid Kafka settings: {exc}") from None
+        except (KafkaError, OSError) as exc:
+            clients.close()
+            raise Unreachable(folded.reason(exc)) from exc
         except BaseException:
             clients.close()
             raise
@@ -180,10 +239,12 @@ def connect(
     try:
         return retry_with_backoff(
             create,
-            f"{what}: reaching Kafka",
+            f"{what}: reaching Kafka at {bootstrap}",
             stop,
-            retry_on=(KafkaError, OSError),
-            max_s=max_delay_s,
+            retry_on=(Unreachable,),
+            initial_s=STARTUP_RETRY_INITIAL_S,
+            max_s=STARTUP_RETRY_MAX_S,
+            give_up_at=give_up_at,
         )
     except Stopped:
         return None
@@ -213,16 +274,21 @@ class KafkaSource:
         settings: KafkaSettings,
         stop: threading.Event,
         on_revoked: Callable[[], None] = lambda: None,
+        give_up_at: float | None = None,
     ) -> None:
         consumer = connect(
             lambda clients: KafkaConsumer(**_consumer_config(settings), kafka_client=clients),
             f"consumer of {', '.join(settings.topics)}",
             stop,
+            bootstrap=settings.bootstrap,
+            give_up_at=give_up_at,
         )
         self._consumer: KafkaConsumer | None = consumer
         self._lost_since: float | None = None  # monotonic time the coordinator went missing
         self._outage_noticed = False
+        self._undecodable: list[UndecodableBatch] = []
         if consumer is not None:
+            skip_undecodable_batches(consumer, self._skipped)
             consumer.subscribe(list(settings.topics), listener=_Rebalance(on_revoked))
 
     @property
@@ -238,6 +304,27 @@ class KafkaSource:
             raise Unavailable(f"polling Kafka: {type(exc).__name__}: {exc}") from exc
         self._watch_coordinator(time.monotonic())
         return list(chain.from_iterable(polled.values()))
+
+    def _skipped(self, batch: UndecodableBatch) -> None:
+        hint = " (is the codec's library installed?)" if "Codec" in batch.error else ""
+        log.warning(
+            "record batch %s[%d] at offsets %d-%d (%d records, compression %s) could not be "
+            "decoded: %s%s; it goes to dead letters as fetched and the partition continues",
+            batch.topic,
+            batch.partition,
+            batch.first_offset,
+            batch.last_offset,
+            batch.records,
+            batch.compression,
+            batch.error,
+            hint,
+        )
+        self._undecodable.append(batch)
+
+    def undecodable(self) -> list[UndecodableBatch]:
+        """The batches the polls since the last call stepped over (streams/fetcher.py)."""
+        batches, self._undecodable = self._undecodable, []
+        return batches
 
     def _watch_coordinator(self, now: float) -> None:
         """One warning when the group coordinator has been unknown (the broker is down or
@@ -325,9 +412,14 @@ def _text(value: object) -> bytes:
 
 # Room left in a dead letter for the record batch's own overhead besides key, value, headers.
 _RECORD_OVERHEAD_BYTES = 1024
+_HEADER_OVERHEAD_BYTES = 10  # per header: its length varints
 # What is kept of a value the broker refuses even though the producer's limit allowed it (the
 # broker's or the topic's max.message.bytes is smaller).
 _FALLBACK_VALUE_BYTES = 64 * 1024
+
+
+def _size(headers: Sequence[tuple[str, bytes]]) -> int:
+    return sum(len(k.encode()) + len(v) + _HEADER_OVERHEAD_BYTES for k, v in headers)
 
 
 class DeadLetterProducer:
@@ -336,9 +428,11 @@ class DeadLetterProducer:
 
     A dead letter must always be deliverable, or the stream would stop behind it: a value too
     large to publish (an oversized message) is cut to fit, with its original size in the
-    ``latentwatch-truncated-from`` header (the whole message stays in the source topic, at the
-    position the headers give), and a message with neither key nor value is sent with an
-    empty value."""
+    ``latentwatch-truncated-from`` header; original headers that leave no room are left out
+    (``latentwatch-headers-dropped``: how many) and a key too large is cut
+    (``latentwatch-key-truncated-from``). The whole message stays in the source topic, at the
+    position the headers give. A message with neither key nor value is sent with an empty
+    value."""
 
     def __init__(
         self, producer: KafkaProducer, topic: str | None = None, timeout_s: float = 10.0
@@ -365,8 +459,7 @@ class DeadLetterProducer:
 
     def _publish(self, r: Rejection, max_value_bytes: int | None) -> Any:
         m = r.message
-        headers = [
-            *((k, v) for k, v in m.headers or () if v is not None),
+        ours = [
             ("latentwatch-reason", _text(r.reason)),
             ("latentwatch-detail", _text(r.detail[:1000])),
             ("latentwatch-source-topic", _text(m.topic)),
@@ -374,10 +467,20 @@ class DeadLetterProducer:
             ("latentwatch-source-offset", _text(m.offset)),
             ("latentwatch-source-timestamp", _text(timestamp_ms(m))),
         ]
+        original = [(k, v) for k, v in m.headers or () if v is not None]
         key, value = m.key, m.value
+        room = self._max_request_bytes - _RECORD_OVERHEAD_BYTES
+        if max_value_bytes is not None:  # the broker refused it once: what surely fits
+            room = min(room, 2 * max_value_bytes)
+        if _size([*ours, *original]) + len(key or b"") > room // 2:  # half for the value
+            ours.append(("latentwatch-headers-dropped", _text(len(original))))
+            original = []
+            if key is not None and len(key) + _size(ours) > room // 2:
+                ours.append(("latentwatch-key-truncated-from", _text(len(key))))
+                key = key[: max(room // 2 - _size(ours), 0)]
+        headers = [*original, *ours]
         if max_value_bytes is None:
-            used = sum(len(k) + len(v) for k, v in headers) + len(key or b"")
-            max_value_bytes = max(self._max_request_bytes - _RECORD_OVERHEAD_BYTES - used, 0)
+            max_value_bytes = max(room - _size(headers) - len(key or b""), 0)
         if value is not None and len(value) > max_value_bytes:
             headers.append(("latentwatch-truncated-from", _text(len(value))))
             value = value[:max_value_bytes]

@@ -23,6 +23,10 @@ MISSING_REQUIRED = "missing_required"
 OVERSIZED = "oversized"
 UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
 UNSTORABLE = "unstorable"
+# A record batch the Kafka client could not decode (a codec it lacks, corrupt bytes): the batch
+# is dead-lettered whole, as fetched, and skipped (streams/fetcher.py).
+UNDECODABLE_BATCH = "undecodable_batch"
+SCORING_FAILED = "scoring_failed"
 
 SCHEMA_VERSION_HEADER = "schema-version"
 SCHEMA_VERSION_FIELD = "schema_version"
@@ -83,6 +87,40 @@ class Rejection:
     message: Message
     reason: str  # a reason code above
     detail: str
+
+
+@dataclass(frozen=True)
+class UndecodableBatch:
+    """A run of messages the Kafka client fetched but could not decode: where it is, what it
+    is, and its bytes as fetched. ``records`` comes from the batch header (an upper bound when
+    decoding failed part-way)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+    records: int
+    timestamp: int | None  # ms since the epoch, the batch's first; None if unknown
+    compression: str  # none, gzip, snappy, lz4, zstd
+    raw: bytes
+    error: str
+
+    def rejection(self) -> Rejection:
+        """The dead letter: the raw batch as its value, its extent in headers."""
+        headers = [
+            ("latentwatch-last-offset", str(self.last_offset).encode()),
+            ("latentwatch-record-count", str(self.records).encode()),
+            ("latentwatch-compression", self.compression.encode()),
+        ]
+        message = PlainMessage(
+            self.topic, self.partition, self.first_offset, self.timestamp, None, self.raw, headers
+        )
+        detail = (
+            f"record batch at offsets {self.first_offset}-{self.last_offset} ({self.records} "
+            f"records, compression {self.compression}) could not be decoded: {self.error}; "
+            "the value is the batch as fetched"
+        )
+        return Rejection(message, UNDECODABLE_BATCH, detail)
 
 
 @dataclass(frozen=True)

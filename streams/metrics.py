@@ -36,6 +36,8 @@ REJECT_REASONS = (
     "oversized",
     "unknown_schema_version",
     "unstorable",
+    "undecodable_batch",
+    "scoring_failed",
     "other",
 )
 

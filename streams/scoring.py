@@ -66,8 +66,15 @@ def parse_event_time(value: object) -> datetime | None:
 
 
 def message_time(message: Message) -> datetime | None:
+    """The message's Kafka timestamp as a time; None without one, or for one no time holds: a
+    producer may write any 64-bit number (before 1970, the year 10000 and beyond)."""
     ms = timestamp_ms(message)
-    return None if ms < 0 else datetime.fromtimestamp(ms / 1000.0, UTC)
+    if ms < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000.0, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def flagged_records(
@@ -107,7 +114,7 @@ def flagged_records(
                 partition=message.partition,
                 offset=message.offset,
                 kafka_timestamp=timestamp_ms(message),
-                key=message.key.decode("utf-8", "replace") if message.key is not None else None,
+                key=message.key,
                 record_id=None if record_id is None else str(record_id),
                 event_time=event_time or message_time(message),
                 scored_time=now,

@@ -46,6 +46,7 @@ class SqlSink:
         self._model_written_at: float | None = None
         self._counts: list[StreamCount] = []
         self._counts_since: float | None = None
+        self._unavailable = False  # the last write failed on the database
 
     def register_model(self) -> None:
         """Record the model version at start-up, before any record is flagged."""
@@ -69,8 +70,9 @@ class SqlSink:
         return self._write(records, [])
 
     def flush(self) -> None:
-        """Write the counts still waiting (at shutdown)."""
-        if self._counts:
+        """Write the counts still waiting (at shutdown), unless the last write failed: a
+        shutdown does not wait on a database that is not answering for counts."""
+        if self._counts and not self._unavailable:
             self._write([], [])
 
     def _write_with_model(self, records: Sequence[FlaggedRecord]) -> int:
@@ -83,12 +85,14 @@ class SqlSink:
         try:
             stored = write_flagged(self._sessions, records, models, counts=self._counts)
             self._counts, self._counts_since = [], None  # only once the transaction committed
+            self._unavailable = False
             return stored
         except UnstorableRecordError as exc:
             if exc.record is None:  # the manifest itself: nothing a retry or a skip can fix
                 raise
             raise UnstorableRecord(exc.record, str(exc)) from exc
         except (SQLAlchemyError, OSError) as exc:
+            self._unavailable = True
             raise Unavailable(
                 f"database: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             ) from exc

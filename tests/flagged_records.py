@@ -18,7 +18,7 @@ def make_record(offset: int, **changes: Any) -> FlaggedRecord:
         "partition": 0,
         "offset": offset,
         "kafka_timestamp": 1_793_000_000_000 + offset,
-        "key": f"customer-{offset % 7}",
+        "key": f"customer-{offset % 7}".encode(),
         "record_id": f"tx-{offset}",
         "event_time": T0,
         "scored_time": T0,

@@ -168,7 +168,7 @@ function renderDetail(d) {
     el("header", { class: "detail-head" },
       el("div", {},
         el("h2", {}, d.record_id ? `Record ${d.record_id}` : `Flagged record #${d.id}`),
-        el("p", { class: "muted" }, `${where} · key ${d.key ?? "–"} · model ${d.model_version}`),
+        el("p", { class: "muted" }, `${where} · key ${keyText(d)} · model ${d.model_version}`),
         el("p", { class: "muted" },
           `scored ${formatTime(d.scored_time)} · event ${formatTime(d.event_time)} UTC`),
       ),
@@ -187,6 +187,14 @@ function renderDetail(d) {
     el("pre", { class: "record" }, JSON.stringify(d.record, null, 2)),
   );
   drawMap();
+}
+
+/** The Kafka key as text; a binary key (not UTF-8, or with NUL bytes) comes as hex digits. */
+function keyText(d) {
+  if (d.key == null) return "–";
+  let utf8 = "";
+  for (const byte of new TextEncoder().encode(d.key)) utf8 += String.fromCharCode(byte);
+  return btoa(utf8) === d.key_base64 ? d.key : `0x${d.key} (binary)`;
 }
 
 /** name -> the field's entry in the model's schema (kind, center, scale), when the model is known. */

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -96,7 +97,8 @@ def flagged(i: int, **changes: Any) -> FlaggedRecord:
         "partition": i % 3,
         "offset": i,
         "kafka_timestamp": 1_793_000_000_000 + i,
-        "key": f"customer-{i % 11}",
+        # every fourth key binary, as Java's LongSerializer writes it
+        "key": struct.pack(">q", i) if i % 4 == 0 else f"customer-{i % 11}".encode(),
         "record_id": record["id"],
         "event_time": T0 + timedelta(seconds=37 * i - 5),
         "scored_time": T0 + timedelta(seconds=37 * i),

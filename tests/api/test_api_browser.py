@@ -4,6 +4,7 @@ records. Leaves a screenshot in tests/artifacts/explorer.png for the README."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def test_explorer_filters_explains_maps_and_takes_feedback(
             and f"C{detail['cluster']}" in metrics
         )
         assert detail["record"]["id"] in page.locator("pre.record").inner_text()
+        binary = base64.b64decode(detail["key_base64"]) != detail["key"].encode()
+        shown = f"0x{detail['key']} (binary)" if binary else detail["key"]
+        assert f"key {shown} ·" in page.locator(".detail-head").inner_text()
 
         page.fill("#feedback-note", "customer confirmed the card was stolen")
         page.click("#mark-true")

@@ -90,7 +90,7 @@ BAD_FEEDBACK_IDS: list[tuple[str, str]] = [
     ("1.5", "integer"),
     (str(2**64), "less than or equal to"),
 ]
-EVERY_FILTER = "cluster, cursor, desc, end, format, limit, min_severity, model_version"
+EVERY_FILTER = "cluster, cursor, desc, end, format, key, limit, min_severity, model_version"
 # (method, path, query parameters, the unknown one the error must name, words of the message)
 UNKNOWN_QUERIES: list[tuple[str, str, dict[str, Any], str, str]] = [
     ("GET", LIST, {"severity": 50}, "severity", "did you mean 'min_severity'?"),

@@ -14,6 +14,7 @@ from storage.database import (
     SQLITE_BUSY_TIMEOUT_MS,
     DatabaseUrlError,
     SchemaVersionError,
+    Timeouts,
     current_revision,
     ensure_schema,
     head_revision,
@@ -210,3 +211,29 @@ def test_in_memory_sqlite_is_one_shared_database() -> None:
         assert current_revision(engine) == head_revision()
     finally:
         engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgresql_statements_and_lock_waits_are_limited_when_asked(postgres_url: str) -> None:
+    """The consumer's engine: a statement or a lock wait beyond its limit fails (and is
+    retried) instead of holding a write, and a shutdown, for as long as the database does;
+    a URL's own options win. Without limits (migrations), none apply."""
+
+    def settings(engine: Engine) -> tuple[str, str]:
+        try:
+            with engine.connect() as connection:
+                row = connection.execute(
+                    text(
+                        "SELECT current_setting('statement_timeout'), "
+                        "current_setting('lock_timeout')"
+                    )
+                ).one()
+        finally:
+            engine.dispose()
+        return row[0], row[1]
+
+    limits = Timeouts(statement_s=10.0, lock_s=2.5)
+    assert settings(make_engine(postgres_url, limits)) == ("10s", "2500ms")
+    url = postgres_url + "?options=-c%20lock_timeout%3D7000"
+    assert settings(make_engine(url, limits)) == ("10s", "7s")
+    assert settings(make_engine(postgres_url)) == ("0", "0")

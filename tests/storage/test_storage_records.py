@@ -46,7 +46,7 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
         ({"explanation": {"latent": [float("nan")]}}, "explanation is not storable as JSON"),
         ({"record": {"amount": float("inf")}}, "record is not storable as JSON"),
         ({"record": {"note": "a\x00b"}}, "record contains a NUL character"),
-        ({"key": "a\x00b"}, "key contains a NUL character"),
+        ({"record_id": "a\x00b"}, "record_id contains a NUL character"),
         ({"record_id": "\ud800"}, "record_id is not valid Unicode"),
         ({"record": {"name": "\udc80"}}, "record is not storable as JSON"),
         ({"record": {"amount": np.float64(1.5)}}, "record is not storable as JSON"),
@@ -88,7 +88,7 @@ def test_unstorable_records_are_named(
 
 
 def test_text_that_only_looks_like_an_escaped_nul_is_storable(record: MakeRecord) -> None:
-    check_storable([record(1, record={"path": "C:\\u0000"}, key="\\u0000")])
+    check_storable([record(1, record={"path": "C:\\u0000"}, key=b"\\u0000")])
 
 
 def test_an_unstorable_manifest_is_named() -> None:

@@ -159,11 +159,11 @@ def test_an_unstorable_record_is_refused_before_anything_is_written(
 def test_text_that_only_looks_like_an_escaped_nul_is_stored(
     sessions: Sessions, record: MakeRecord
 ) -> None:
-    original = record(1, record={"path": "C:\\u0000\\x"}, key="\\u0000")
+    original = record(1, record={"path": "C:\\u0000\\x"}, record_id="\\u0000")
     assert write_flagged(sessions, [original]) == 1
     with sessions() as session:
         row = session.scalars(select(FlaggedRecordRow)).one()
-    assert (row.record, row.key) == (original.record, original.key)
+    assert (row.record, row.record_id) == (original.record, original.record_id)
 
 
 REFUSE_OFFSET_2000 = {

@@ -13,9 +13,10 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+from confluent_kafka import Producer as ConfluentProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -61,12 +62,17 @@ def thread_consumer(s: ConsumeSettings) -> BackgroundConsumer:
     return BackgroundConsumer(s)
 
 
-def process_consumer(s: ConsumeSettings, log: Path) -> subprocess.Popen[bytes]:
-    """`latentwatch consume` as a child process (so that it can be killed like a crash)."""
+def process_consumer(
+    s: ConsumeSettings, log: Path, *extra: str, preamble: str | None = None
+) -> subprocess.Popen[bytes]:
+    """`latentwatch consume` as a child process (so that it can be killed like a crash).
+    ``preamble``: Python run in the process before the command (to inject a fault)."""
+    start = ["-m", "latentwatch"]
+    if preamble is not None:
+        start = ["-c", f"{preamble}\nfrom latentwatch.cli import main\nmain()"]
     argv = [
         sys.executable,
-        "-m",
-        "latentwatch",
+        *start,
         "consume",
         "--model",
         str(s.model),
@@ -87,7 +93,7 @@ def process_consumer(s: ConsumeSettings, log: Path) -> subprocess.Popen[bytes]:
     ]
     for topic in s.topics:
         argv += ["--topic", topic]
-    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+    return subprocess.Popen([*argv, *extra], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
 
 def producer(bootstrap: str) -> KafkaProducer:
@@ -113,6 +119,57 @@ def produce(
     finally:
         p.close(timeout=5)
     return [(m.partition, m.offset) for m in metadata]
+
+
+class Outgoing(NamedTuple):
+    """One message for the independent client to send; None fields are left to it."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: Sequence[tuple[str, bytes | None]] = ()
+    timestamp_ms: int | None = None
+    partition: int | None = None
+
+
+def produce_with_librdkafka(
+    bootstrap: str, topic: str, messages: Sequence[Outgoing], **config: Any
+) -> list[tuple[int, int]]:
+    """Send with librdkafka (confluent-kafka), the independent client, and wait for every
+    delivery report; (partition, offset) of each message, in order. ``config`` takes
+    librdkafka's settings with ``_`` for ``.`` (``compression_type="zstd"``)."""
+    settings = {"bootstrap.servers": bootstrap, "linger.ms": 5}
+    settings.update({name.replace("_", "."): value for name, value in config.items()})
+    producer = ConfluentProducer(settings)
+    positions: list[tuple[int, int] | None] = [None] * len(messages)
+    errors: list[str] = []
+
+    def delivered(i: int) -> Callable[[Any, Any], None]:
+        def report(error: Any, message: Any) -> None:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                positions[i] = (message.partition(), message.offset())
+
+        return report
+
+    for i, m in enumerate(messages):
+        extra: dict[str, Any] = {}
+        if m.timestamp_ms is not None:
+            extra["timestamp"] = m.timestamp_ms
+        if m.partition is not None:
+            extra["partition"] = m.partition
+        producer.produce(
+            topic,
+            value=m.value,
+            key=m.key,
+            headers=list(m.headers) or None,
+            on_delivery=delivered(i),
+            **extra,
+        )
+        producer.poll(0)
+    left = producer.flush(30)
+    assert left == 0 and not errors, f"librdkafka: {left} undelivered, errors {errors[:3]}"
+    return [p for p in positions if p is not None]
 
 
 def encode(records: Sequence[dict[str, object]]) -> list[bytes]:

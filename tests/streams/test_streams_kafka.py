@@ -99,6 +99,28 @@ def test_a_value_beyond_the_producer_limit_is_cut_to_fit(broker: EmbeddedBroker)
     assert whole.value == b"small" and "latentwatch-truncated-from" not in dict(whole.headers)
 
 
+@pytest.mark.kafka
+def test_a_key_and_headers_beyond_the_producer_limit_are_cut_to_fit(
+    broker: EmbeddedBroker,
+) -> None:
+    """Key and headers alone over the limit: the original headers are left out (counted),
+    the key is cut, and the dead letter is still delivered."""
+    limit = 16_384
+    headers = [(f"h{i}", b"x" * 1000) for i in range(30)]
+    message = PlainMessage("wide", 0, 41, 1_790_000_000_000, b"k" * 20_000, b"v", headers)
+    dead = DeadLetterProducer(make_producer(broker.bootstrap, max_request_size=limit))
+    try:
+        dead.send([Rejection(message, "oversized", "x")])
+    finally:
+        dead.close()
+    [letter] = read_topic(broker.bootstrap, "wide.deadletter", expected=1)
+    got = dict(letter.headers)
+    assert got["latentwatch-headers-dropped"] == b"30" and "h0" not in got
+    assert got["latentwatch-key-truncated-from"] == b"20000"
+    assert letter.key is not None and 0 < len(letter.key) < limit
+    assert got["latentwatch-source-offset"] == b"41" and letter.value == b"v"
+
+
 class _RefusingFuture:
     def get(self, timeout: float) -> Any:
         raise MessageSizeTooLargeError("broker: message.max.bytes")

@@ -3,6 +3,7 @@ dead letters, infrastructure failures retried without commit, shutdown leaves wo
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ import pytest
 from cancer_model import Model
 from prometheus_client import CollectorRegistry
 
+import streams.consumer
 from storage.records import FlaggedRecord, StreamCount
 from streams.consumer import (
     BatchReport,
@@ -22,7 +24,7 @@ from streams.consumer import (
     Unavailable,
     UnstorableRecord,
 )
-from streams.messages import Message, PlainMessage, Rejection
+from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
 from streams.metrics import StreamMetrics
 
 FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)
@@ -43,12 +45,17 @@ class FakeSource:
         self.batches, self.journal, self.stop = list(batches), journal, stop
         self.committed: list[dict[tuple[str, int], int]] = []
         self.accept_commits = accept_commits
+        self.skipped: list[UndecodableBatch] = []  # reported with the next poll
 
     def poll(self, timeout_s: float, max_records: int) -> list[Message]:
         if not self.batches:
             self.stop.set()
             return []
         return self.batches.pop(0)
+
+    def undecodable(self) -> list[UndecodableBatch]:
+        skipped, self.skipped = self.skipped, []
+        return skipped
 
     def commit(self, offsets: Offsets) -> bool:
         self.journal.append("commit")
@@ -352,3 +359,90 @@ def test_offsets_are_committed_per_partition(model: Model) -> None:
     loop, _ = make_loop(model, source, FakeSink(journal), FakeDeadLetters(journal))
     loop.run(stop)
     assert source.committed == [{("t", 0): 13, ("t", 1): 43}]
+
+
+def test_a_batch_the_client_could_not_decode_is_dead_lettered_and_committed_past(
+    model: Model,
+) -> None:
+    """The poll stepped over a batch of partition 0 and returned records of partition 1: the
+    batch goes to dead letters whole, then both partitions are committed, the batch's past
+    its end; its records count as consumed and rejected."""
+    journal, stop = Journal(), threading.Event()
+    source = FakeSource([messages(encoded(model.normal[:5]), partition=1)], journal, stop)
+    source.skipped = [
+        UndecodableBatch(
+            "t", 0, 40, 49, 10, 1_790_000_000_000, "zstd", b"raw batch", "UnsupportedCodecError"
+        )
+    ]
+    sink, dead = FakeSink(journal), FakeDeadLetters(journal)
+    reports: list[BatchReport] = []
+    loop, registry = make_loop(model, source, sink, dead, reports)
+    loop.run(stop)
+    assert journal == ["count", "write", "deadletters", "commit"]
+    assert source.committed == [{("t", 0): 50, ("t", 1): 5}]
+    (letter,) = dead.sent
+    assert letter.reason == "undecodable_batch"
+    assert (letter.message.partition, letter.message.offset) == (0, 40)
+    assert letter.message.value == b"raw batch"
+    assert dict(letter.message.headers)["latentwatch-last-offset"] == b"49"
+    assert "offsets 40-49 (10 records, compression zstd)" in letter.detail
+    assert reports[0].consumed == 15 and reports[0].rejected == 10 and reports[0].scored == 5
+    assert sum(c.consumed for c in sink.counts) == 15
+    assert sum(c.rejected for c in sink.counts) == 10
+    rejected = value(
+        registry, "latentwatch_records_rejected_total", topic="t", reason="undecodable_batch"
+    )
+    assert rejected == 10
+    assert value(registry, "latentwatch_records_consumed_total", topic="t") == 15
+
+
+@pytest.mark.parametrize("timestamp", [253_402_300_800_000, 2**63 - 1, -5, 0, None])
+def test_any_kafka_timestamp_is_stored_with_the_time_made_safe(
+    model: Model, timestamp: int | None
+) -> None:
+    """Year 10000 and beyond, the largest 64-bit number, before 1970, none at all: a flagged
+    record keeps the timestamp it came with and an event time only where one exists; the
+    newest-record gauge is not moved into the future."""
+    journal, stop = Journal(), threading.Event()
+    odd = PlainMessage("t", 0, 0, timestamp, struct.pack(">q", 7), encoded(model.anomalous[:1])[0])
+    source = FakeSource([[odd, *messages(encoded(model.normal[:3]), start=1)]], journal, stop)
+    sink = FakeSink(journal)
+    loop, registry = make_loop(model, source, sink, FakeDeadLetters(journal))
+    loop.run(stop)
+    assert source.committed == [{("t", 0): 4}]
+    (row,) = (r for r in sink.rows if r.offset == 0)
+    assert row.kafka_timestamp == (-1 if timestamp is None else timestamp)
+    assert row.key == struct.pack(">q", 7)
+    if timestamp is None or timestamp < 0 or timestamp > 10**15:
+        assert row.event_time is None
+    newest = value(registry, "latentwatch_last_record_timestamp_seconds", topic="t")
+    assert newest <= 1_790_000_001.0 + 3600
+
+
+def test_a_message_whose_scoring_fails_is_dead_lettered_and_the_rest_scored(
+    model: Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever fails while scoring one message (a fault injected here) is that message's
+    dead letter, with the error; the batch around it is scored, the offsets move."""
+    real = streams.consumer.score_messages
+
+    def failing(topic: str, batch: Sequence[Message], *args: Any, **kwargs: Any) -> Any:
+        if any(m.value == b'{"poison": 1}' for m in batch):
+            raise ValueError("year 10000 is out of range")
+        return real(topic, batch, *args, **kwargs)
+
+    monkeypatch.setattr(streams.consumer, "score_messages", failing)
+    journal, stop = Journal(), threading.Event()
+    batch = messages([*encoded(model.normal[:3]), b'{"poison": 1}', *encoded(model.anomalous[:2])])
+    source = FakeSource([batch], journal, stop)
+    sink, dead = FakeSink(journal), FakeDeadLetters(journal)
+    reports: list[BatchReport] = []
+    loop, registry = make_loop(model, source, sink, dead, reports)
+    loop.run(stop)
+    assert source.committed == [{("t", 0): 6}]
+    (letter,) = dead.sent
+    assert (letter.reason, letter.message.offset) == ("scoring_failed", 3)
+    assert letter.detail == "ValueError: year 10000 is out of range"
+    assert reports[0].scored == 5 and reports[0].rejected == 1 and reports[0].consumed == 6
+    assert value(registry, "latentwatch_records_scored_total", topic="t") == 5
+    assert sum(c.consumed for c in sink.counts) == 6

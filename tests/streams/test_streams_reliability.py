@@ -217,7 +217,7 @@ def test_a_consumer_started_before_its_broker_waits_for_it(
     records = stream_of(model, 300, 15, seed=11)
     consumer = thread_consumer(s).start()
     try:
-        wait_until(lambda: "reaching Kafka failed" in caplog.text, 30, "a failed attempt")
+        wait_until(lambda: "reaching Kafka at" in caplog.text, 30, "a failed attempt")
         own.start()
         ensure_topics(own.bootstrap, [topic], partitions=2)
         produce(own.bootstrap, topic, encode(records))
