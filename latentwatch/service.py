@@ -40,8 +40,10 @@ from streams.kafka import (
     ensure_topics,
     make_producer,
 )
+from streams.liveness import LivenessSettings, OffsetReader, Progress, Watchdog
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
+from streams.offsets import KafkaOffsets
 from streams.retry import Stopped, retry_with_backoff
 from streams.sql_sink import SqlSink
 
@@ -68,6 +70,7 @@ class ConsumeSettings:
     schema_versions: tuple[str, ...] = ()
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)  # the watchdog
 
 
 def _until_ready(what: str, action: Callable[[], Any], stop: threading.Event) -> Any:
@@ -130,16 +133,16 @@ def run_consumer(
     engine = make_engine(settings.db)
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.topics)
+    progress = Progress()
+    watchdog = Watchdog(
+        progress, metrics, _offset_reader(settings), settings=settings.liveness, stopping=stop
+    ).start()
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
     try:
         with stop_on_signals(stop):
-            if settings.metrics_port is not None:
-                server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-                log.info("metrics at %s", server.url)
-                if on_metrics is not None:
-                    on_metrics(server)
+            server = _serve(settings, registry, watchdog, on_metrics)
             _until_ready(f"database {redact(settings.db)}", lambda: ensure_schema(engine), stop)
             sink = SqlSink(session_factory(engine), detector.version, manifest)
             _until_ready("database", sink.register_model, stop)
@@ -150,7 +153,9 @@ def run_consumer(
                 session_timeout_ms=settings.session_timeout_ms,
                 extra=dict(settings.kafka_options),
             )
-            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance)
+            source = KafkaSource(
+                kafka, stop, on_revoked=metrics.rebalance, on_assignment=progress.assigned
+            )
             producer = connect(
                 lambda clients: make_producer(
                     settings.bootstrap, settings.kafka_options, kafka_client=clients
@@ -188,6 +193,7 @@ def run_consumer(
                 metrics=metrics,
                 settings=loop_settings,
                 on_batch=on_batch,
+                progress=progress,
             )
             freeze_startup_heap()
             started = time.monotonic()
@@ -214,7 +220,46 @@ def run_consumer(
             dead_letters.close()
         if server is not None:
             server.close()
+        watchdog.close()
         engine.dispose()
+
+
+def _serve(
+    settings: ConsumeSettings,
+    registry: CollectorRegistry,
+    watchdog: Watchdog,
+    on_metrics: Callable[[MetricsServer], None] | None,
+) -> MetricsServer | None:
+    """The metrics endpoint, with the watchdog's /ready and /health beside /metrics."""
+    if settings.metrics_port is None:
+        return None
+    server = serve_metrics(
+        registry, settings.metrics_host, settings.metrics_port, watchdog.probes()
+    )
+    log.info("metrics at %s (probes: %s/ready, %s/health)", server.url, *[server.base_url] * 2)
+    if on_metrics is not None:
+        on_metrics(server)
+    return server
+
+
+def _offset_reader(settings: ConsumeSettings) -> Callable[[threading.Event], OffsetReader | None]:
+    """How the watchdog's lag thread makes its own Kafka client (waiting for a broker)."""
+
+    def make(stop: threading.Event) -> OffsetReader | None:
+        reader: OffsetReader | None = connect(
+            lambda clients: KafkaOffsets(
+                settings.bootstrap,
+                settings.group,
+                extra=settings.kafka_options,
+                timeout_s=settings.liveness.lookup_timeout_s,
+                kafka_client=clients,
+            ),
+            "lag look-ups",
+            stop,
+        )
+        return reader
+
+    return make
 
 
 def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLetterProducer) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from detector.detector import Detector
 from storage.records import FlaggedRecord, StreamCount
+from streams.liveness import Progress
 from streams.messages import (
     UNSTORABLE,
     DecodePolicy,
@@ -59,7 +60,6 @@ class UnstorableRecord(Exception):  # noqa: N818
 class Source(Protocol):
     def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
     def commit(self, offsets: Offsets) -> bool: ...  # False: the group moved on, redelivery
-    def lag(self) -> dict[tuple[str, int], int]: ...
 
 
 class FlaggedSink(Protocol):
@@ -167,8 +167,10 @@ class ConsumerLoop:
         settings: LoopSettings | None = None,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[BatchReport], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.source, self.detector, self.sink = source, detector, sink
+        self.progress = progress or Progress()  # marks for the liveness watchdog
         self.dead_letters, self.metrics = dead_letters, metrics
         self.settings = settings or LoopSettings()
         self.clock = clock
@@ -177,8 +179,10 @@ class ConsumerLoop:
         self._typed = TypedDecoder(detector.schema) if self.settings.typed_decoding else None
 
     def run(self, stop: threading.Event) -> RunTotals:
+        progress = self.progress
         while not stop.is_set():
             try:
+                progress.begin("poll")
                 messages = self._retry(
                     lambda: self.source.poll(
                         self.settings.poll_timeout_s, self.settings.max_records
@@ -187,9 +191,8 @@ class ConsumerLoop:
                     stop,
                     on_error=self.metrics.poll_error,
                 )
+                progress.end()
                 if not messages:
-                    self.metrics.idle(self.clock())
-                    self._publish_lag()
                     continue
                 self.process(messages, stop)
             except Stopped as exc:
@@ -235,17 +238,28 @@ class ConsumerLoop:
         rejected = [r for b in batches for r in b.rejections]
         self.sink.count(_stream_counts(batches, now))
 
+        progress = self.progress
+        progress.begin("db_write")
         stored, unstorable = self._store(flagged, messages, stop)
+        progress.end()
         rejected += unstorable
         if rejected:
+            progress.begin("deadletter_send")
             self._retry(
                 lambda: self.dead_letters.send(rejected),
                 "publishing dead letters",
                 stop,
                 on_error=self.metrics.deadletter_error,
             )
+            progress.end()
         committed_at = self.clock()
-        if not self.source.commit(_next_offsets(messages)):
+        offsets = _next_offsets(messages)
+        progress.begin("commit")
+        committed = self.source.commit(offsets)
+        progress.end()
+        if committed:
+            progress.committed(offsets)
+        else:
             self.metrics.commit_failure()
             log.warning(
                 "offset commit refused (group rebalanced): %d records will be "
@@ -336,7 +350,6 @@ class ConsumerLoop:
             m.record_persisted(b.topic, ms / 1000.0, committed_at)
             timestamps.append(ms)
         m.batch_done(duration_s, self.clock())
-        self._publish_lag()
 
         scored = sum(len(b.scored_messages) for b in batches)
         n_flagged = sum(len(b.flagged) for b in batches) - len(unstorable)
@@ -362,6 +375,3 @@ class ConsumerLoop:
                     _timestamps_ms(timestamps),
                 )
             )
-
-    def _publish_lag(self) -> None:
-        self.metrics.set_lags(self.source.lag())
