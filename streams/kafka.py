@@ -209,6 +209,7 @@ class _Rebalance(ConsumerRebalanceListener):
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
             self._owned -= {(tp.topic, tp.partition) for tp in revoked}
             self._on_revoked()
+            self._on_assignment(self._owned)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))

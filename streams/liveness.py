@@ -204,14 +204,13 @@ class Watchdog:
         return self
 
     def close(self) -> None:
+        """Stop both threads. Not waiting for a look-up the broker does not answer: the lag
+        thread closes its client when that look-up returns."""
         self._stop.set()
         self.progress.changed.set()
         for thread in self._threads:
             if thread.is_alive():
-                thread.join(timeout=self.settings.lookup_timeout_s + 5)
-        if self._offsets is not None:
-            self._offsets.close()
-            self._offsets = None
+                thread.join(timeout=1.0)
 
     def _watch(self) -> None:
         while True:
@@ -224,14 +223,18 @@ class Watchdog:
 
     def _watch_lag(self) -> None:
         assert self._make_offsets is not None
-        self._offsets = self._make_offsets(self._stop)
-        while self._offsets is not None and not self._stop.is_set():
-            try:
-                self.check_lag()
-            except Exception:
-                log.exception("lag check failed")
-            self.progress.changed.wait(self.settings.interval_s)
-            self.progress.changed.clear()
+        self._offsets = self._make_offsets(self._stop)  # None if stopped while connecting
+        try:
+            while self._offsets is not None and not self._stop.is_set():
+                try:
+                    self.check_lag()
+                except Exception:
+                    log.exception("lag check failed")
+                self.progress.changed.wait(self.settings.interval_s)
+                self.progress.changed.clear()
+        finally:
+            if self._offsets is not None:
+                self._offsets.close()
 
     def check(self) -> None:
         """One look at the loop: stuck operations and readiness."""
