@@ -35,7 +35,7 @@ class Model:
         return {str(r["id"]) for r, f in zip(records, flagged, strict=True) if f}
 
 
-def train_model(directory: Path, config: DetectorConfig = FAST) -> Model:
+def train_model(directory: Path) -> Model:
     data = load_breast_cancer()
     names = [str(n).replace(" ", "_") for n in data.feature_names]
     benign = np.flatnonzero(data.target == 1)
@@ -50,7 +50,7 @@ def train_model(directory: Path, config: DetectorConfig = FAST) -> Model:
 
     train = records(benign[: len(benign) // 2], "train-")
     columns = {n: [r[n] for r in train] for n in ["id", *names]}
-    detector = Detector.fit(columns, SchemaOptions(id_column="id"), config)
+    detector = Detector.fit(columns, SchemaOptions(id_column="id"), FAST)
     path = directory / "model"
     artifact.save(detector, path)
     return Model(detector, path, records(benign[len(benign) // 2 :], "b"), records(malignant, "m"))

@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
-from cancer_model import FAST, Model, Record, train_model
+from cancer_model import Model, Record
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from detector import artifact
+from detector.calibration import threshold_for
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.kafka import make_producer
 from streams.liveness import LivenessSettings
@@ -44,10 +46,18 @@ SESSION_TIMEOUT_MS = 1000
 TEST_LIVENESS = LivenessSettings(interval_s=0.25, stuck_after_s=2.0)
 
 
-def second_model(directory: Path) -> Model:
-    """Another model of the same data (another false-alarm rate: another version), for a second
-    consumer in the same Prometheus."""
-    return train_model(directory, replace(FAST, fpr=0.02))
+def second_model(model: Model, directory: Path, fpr: float = 0.02) -> Model:
+    """``model`` calibrated to another false-alarm rate: another model version (what training
+    again with ``--fpr`` would give, the training being deterministic), for a second consumer
+    in the same Prometheus, without a second training."""
+    d = model.detector
+    calibrations = replace(
+        d.calibrations, threshold=threshold_for(d.calibrations.score, fpr), fpr=fpr
+    )
+    other = replace(d, calibrations=calibrations, config=replace(d.config, fpr=fpr), version="")
+    path = directory / "model"
+    artifact.save(other, path)
+    return Model(other, path, model.normal, model.anomalous)
 
 
 def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> ConsumeSettings:

@@ -112,8 +112,8 @@ def model(cancer_model: Model) -> Model:
 
 
 @pytest.fixture(scope="module")
-def model_b(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    return second_model(tmp_path_factory.mktemp("model-b"))
+def model_b(model: Model, tmp_path_factory: pytest.TempPathFactory) -> Model:
+    return second_model(model, tmp_path_factory.mktemp("model-b"))
 
 
 @pytest.fixture
