@@ -47,9 +47,8 @@ TEST_LIVENESS = LivenessSettings(interval_s=0.25, stuck_after_s=2.0)
 
 
 def second_model(model: Model, directory: Path, fpr: float = 0.02) -> Model:
-    """``model`` calibrated to another false-alarm rate: another model version (what training
-    again with ``--fpr`` would give, the training being deterministic), for a second consumer
-    in the same Prometheus, without a second training."""
+    """``model`` calibrated to another false-alarm rate: another model version, for a second
+    consumer in the same Prometheus, without a second training."""
     d = model.detector
     calibrations = replace(
         d.calibrations, threshold=threshold_for(d.calibrations.score, fpr), fpr=fpr
