@@ -117,7 +117,7 @@ def test_serving_services_point_the_health_check_at_their_own_port(
     consumer, api = s["consumer"], s["api"]
     assert option(consumer["command"], "--metrics-port") == METRICS_PORT
     assert consumer["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
-        f"http://127.0.0.1:{METRICS_PORT}/metrics"
+        f"http://127.0.0.1:{METRICS_PORT}/health"
     )
     assert option(api["command"], "--port") == API_PORT
     assert api["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
