@@ -164,15 +164,15 @@ def test_paging_keeps_the_applied_filters_until_new_ones_are_submitted(
 def test_explorer_asks_for_the_token_and_sends_it(
     browser: Browser, sessions: sessionmaker[Session]
 ) -> None:
-    with serve(sessions, token="page-token") as server:
+    with serve(sessions, token="page-token-0123456") as server:
         page, errors = open_page(browser, f"{server.url}/")
         page.wait_for_selector("#token-form:not([hidden])")
-        page.fill("#token-input", "page-token")
+        page.fill("#token-input", "page-token-0123456")
         page.click("#token-form button[type=submit]")
         page.wait_for_selector("#records tbody tr")
         assert page.locator("#token-form").is_hidden()
         stored = page.evaluate("() => sessionStorage.getItem('latentwatch.token')")
-        assert stored == "page-token"
+        assert stored == "page-token-0123456"
         page.close()
     # the first, refused requests are logged by the browser as failed loads (401): expected
     assert all("401" in e for e in errors), errors

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from api_client import local_client
 from api_data import T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -143,7 +144,7 @@ def test_export_stops_at_the_row_cap_and_says_so(
     sessions: sessionmaker[Session], written: list[FlaggedRecord]
 ) -> None:
     app = create_app(ApiSettings(export_max_rows=25, export_chunk_size=10), sessions)
-    with TestClient(app) as capped:
+    with local_client(app) as capped:
         response = capped.get("/api/flagged", params={"format": "jsonl"})
         assert response.headers["x-latentwatch-truncated"] == "true"
         assert len(response.text.splitlines()) == 25

@@ -25,7 +25,8 @@ from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.repository import add_feedback
 
-APP = create_app(ApiSettings(max_page_size=200), sessionmaker())  # unbound: nothing connects
+# Unbound (nothing connects); schemathesis's ASGI client sends Host: testserver.
+APP = create_app(ApiSettings(max_page_size=200, trusted_hosts=("testserver",)), sessionmaker())
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
