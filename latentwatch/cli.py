@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -25,6 +26,7 @@ app = typer.Typer(
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2  # click's code for a command line it cannot parse
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def fail(message: str) -> NoReturn:
@@ -517,11 +519,34 @@ def demo(
 
     _setup_logging("warning")
     console = Console()
-    result = run_demo(
-        DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running),
-        console,
-    )
+    options = DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running)
+    try:
+        with _sigterm_unwinds():
+            result = run_demo(options, console)
+    except _Terminated:
+        typer.echo("latentwatch: terminated", err=True)
+        raise typer.Exit(EXIT_TERMINATED) from None
     console.print(summary_table(result))
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that every `with` unwinds: the demo's
+    broker runs in a session of its own and would outlive a process that just died."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -575,18 +600,17 @@ def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -
     the command line (every user of the machine can read it in ps) and when empty."""
     import os
 
-    from click.core import ParameterSource
-
     from api.settings import token_problem
 
-    source = ctx.get_parameter_source("token")
-    if token is not None and source is ParameterSource.COMMANDLINE:
+    # By name: typer's ParameterSource is its private copy of click's.
+    source = getattr(ctx.get_parameter_source("token"), "name", None)
+    if token is not None and source == "COMMANDLINE":
         fail(
             "--token on the command line is visible to every user of this machine (ps) and "
             "stays in shell history: put it in a file only you can read and give "
             "--token-file FILE, or set LATENTWATCH_API_TOKEN"
         )
-    where = "--config [api] token" if source is ParameterSource.DEFAULT_MAP else _env("API_TOKEN")
+    where = "--config [api] token" if source == "DEFAULT_MAP" else _env("API_TOKEN")
     if token is None and _env("API_TOKEN") in os.environ:  # click takes an empty one for unset
         token = os.environ[_env("API_TOKEN")]
     if token is not None and token_file is not None:

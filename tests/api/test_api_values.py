@@ -42,7 +42,7 @@ def test_csv_export_neutralises_formulas_and_keeps_numbers(
     assert rows[1]["record_id"] == flagged(2).record_id  # harmless text is left alone
     # every text cell is quoted, numbers bare (the other half of OWASP's recipe)
     first = text.splitlines()[1]
-    assert first.startswith("1,\"'+payments\",")
+    assert first.startswith('1,"\'+payments",')
     # JSON lines are data, not a spreadsheet: unchanged
     line = client.get("/api/flagged", params={"format": "jsonl", "desc": "false"}).text
     assert json.loads(line.splitlines()[0])["record_id"] == FORMULA
@@ -52,7 +52,11 @@ def test_infinite_scores_are_served_as_the_schema_declares(
     client: TestClient, sessions: sessionmaker[Session]
 ) -> None:
     far = flagged(1, density=math.inf, score=math.inf, cluster_distance=math.inf)
-    write_flagged(sessions, [far, flagged(2), flagged(3, reconstruction=-math.inf, score=-math.inf)], [MODEL_A])
+    write_flagged(
+        sessions,
+        [far, flagged(2), flagged(3, reconstruction=-math.inf, score=-math.inf)],
+        [MODEL_A],
+    )
 
     page = client.get("/api/flagged", params={"sort": "score", "limit": 2}).json()
     top = page["records"][0]
