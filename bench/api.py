@@ -51,7 +51,9 @@ def records(count: int, now: datetime) -> Iterator[FlaggedRecord]:
     span_s = 7 * 86_400
     for i in range(count):
         scored = now - timedelta(seconds=span_s * (1 - i / count))
-        p_value = 10 ** -rng.uniform(2, 7)
+        # most flags are normal records past the threshold (p uniform below fpr = 0.01),
+        # a fifth are real anomalies, far past it
+        p_value = 0.01 * rng.random() if rng.random() < 0.8 else 10 ** -rng.uniform(3, 8)
         names = rng.sample(FIELDS, 5)
         contributions = sorted((rng.uniform(0.1, 6) for _ in names), reverse=True)
         yield FlaggedRecord(
@@ -65,7 +67,7 @@ def records(count: int, now: datetime) -> Iterator[FlaggedRecord]:
             scored_time=scored,
             model_version=MODEL.version,
             score=rng.uniform(20, 90),
-            severity=min(100.0, -100 * math.log(p_value) / math.log(1e-6)),
+            severity=min(100.0, 100 * math.log(max(p_value, 1e-300)) / math.log(1e-6)),
             p_value=p_value,
             density=rng.uniform(5, 40),
             density_p_value=min(1.0, p_value * 10),

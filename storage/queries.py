@@ -272,11 +272,34 @@ def page_flagged(
     )
     if cursor:  # "" too: the first page
         stmt = stmt.where(_after(flt, order, cursor))
+    few = _few_severe(session, flt, order, cursor)
+    if few is not None:
+        stmt = stmt.where(FlaggedRecordRow.id.in_(few))
     rows = list(session.scalars(stmt))
     labels = latest_labels(session, [row.id for row in rows[:limit]])
     records = tuple(_summary(row, labels.get(row.id)) for row in rows[:limit])
     more = len(rows) > limit
     return Page(records, _encode_cursor(flt, order, records[-1]) if more else None)
+
+
+# A page is picked from at most this many rows that pass a severity filter, read through the
+# severity index, when there are no more of them (SQLite; see _few_severe).
+_FEW_SEVERE = 2_000
+
+
+def _few_severe(
+    session: Session, flt: FlaggedFilter, order: Ordering, cursor: str | None
+) -> list[int] | None:
+    """The ids of the rows a severity-filtered page is made of, when there are few of them;
+    None when there are many, or the planner needs no help. SQLite (without range statistics)
+    reads such a page by walking the sort order's index and testing each row: quick when
+    many rows pass, a scan of the whole table when few or none do. Reading the passing rows
+    through the severity index first costs a few milliseconds either way; PostgreSQL's
+    statistics choose between the two plans by themselves."""
+    if flt.min_severity is None or session.get_bind().dialect.name != "sqlite":
+        return None
+    ids = list(session.scalars(_matching(flt, order, cursor).limit(_FEW_SEVERE + 1)))
+    return ids if len(ids) <= _FEW_SEVERE else None
 
 
 def count_flagged_matching(

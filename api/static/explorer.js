@@ -7,7 +7,7 @@ import { AuthNeeded, TOKEN_KEY, api, getJson, whenAuthNeeded } from "./api.js";
 import { clear, el, formatNumber, formatTime } from "./dom.js";
 import { drawMap, renderDetail, renderNoDetail, severityBadge, verdictBadge } from "./detail.js";
 import { clusterColour } from "./latentmap.js";
-import { bucketLabel, chooseBucket, drawTimeline } from "./timeline.js";
+import { bucketFloor, bucketLabel, chooseBucket, drawTimeline } from "./timeline.js";
 import {
   FILTER_NAMES, RANGES, emptyView, filterParams, parseUtc, readView, showUtc, timeBounds, writeView,
 } from "./view.js";
@@ -214,10 +214,14 @@ async function loadOverview() {
     renderOverview();
     return;
   }
-  const fromMs = Date.parse(bounds.start ?? oldest);
-  const toMs = bounds.end ? Date.parse(bounds.end)
+  let fromMs = Date.parse(bounds.start ?? oldest);
+  let toMs = bounds.end ? Date.parse(bounds.end)
     : state.view.range in RANGES ? state.loadedAt.getTime() : Date.parse(newest) + 1;
   const bucket = chooseBucket(Math.max(toMs - fromMs, 1000) / 1000);
+  if (!bounds.start) fromMs = bucketFloor(fromMs, bucket.seconds); // whole first and last bars
+  if (!bounds.end && !(state.view.range in RANGES)) {
+    toMs = bucketFloor(toMs - 1, bucket.seconds) + bucket.seconds * 1000;
+  }
   const stats = new URLSearchParams(params);
   stats.set("bucket", bucket.label);
   stats.set("start", new Date(fromMs).toISOString());
@@ -256,7 +260,7 @@ function renderOverview() {
     + (shares ? "; the line: share of the scored records that were flagged" : "")
     + ". Click a bar to show only its records.";
   drawTimeline($("timeline"), {
-    ...t, picked: state.view.range === "custom" ? state.view.start : null,
+    ...t, picked: state.view.range === "custom" ? state.view : null,
     onPick: (start, end) => {
       applyView({ ...state.view, range: "custom", start, end, id: null }).catch(report);
     },

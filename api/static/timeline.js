@@ -35,6 +35,20 @@ function timeLabel(ms, spanMs) {
   return iso.slice(0, 10);
 }
 
+const TICK_STEPS_S = [60, 300, 900, 1_800, 3_600, 10_800, 21_600, 43_200, 86_400, 604_800,
+  2_592_000, 31_536_000];
+
+/** Round times (whole minutes, quarter hours, hours, days...) for the axis, at most ``most``. */
+export function tickTimes(fromMs, toMs, most) {
+  const span = toMs - fromMs;
+  const stepS = TICK_STEPS_S.find((s) => span / (s * 1000) <= Math.max(most, 1))
+    ?? TICK_STEPS_S[TICK_STEPS_S.length - 1];
+  const step = stepS * 1000;
+  const ticks = [];
+  for (let ms = Math.ceil(fromMs / step) * step; ms <= toMs; ms += step) ticks.push(ms);
+  return ticks;
+}
+
 function niceMax(value) {
   if (value <= 0) return 1;
   const step = 10 ** Math.floor(Math.log10(value));
@@ -48,8 +62,8 @@ function percent(share) {
 
 /**
  * Draw into ``target`` (an <svg>, drawn at its current width). buckets: /api/stats buckets;
- * [fromMs, toMs): the range shown; picked: start of the bucket the table is narrowed to, if
- * any; onPick(startIso, endIso) is called for a click on a bucket.
+ * [fromMs, toMs): the range shown; picked: {start, end} of the time range of the table, shown
+ * as picked when it is one bucket; onPick(startIso, endIso) is called for a click on a bucket.
  */
 export function drawTimeline(target, { buckets, bucketSeconds, fromMs, toMs, picked, onPick }) {
   clear(target);
@@ -72,11 +86,8 @@ export function drawTimeline(target, { buckets, bucketSeconds, fromMs, toMs, pic
   if (shares.length) {
     target.append(svg("text", { class: "tick share", x: plot.x1 + 6, y: plot.y0 + 8 }, percent(topShare)));
   }
-  const ticks = Math.max(2, Math.min(6, Math.floor((plot.x1 - plot.x0) / 110)));
-  for (let i = 0; i <= ticks; i += 1) {
-    const ms = fromMs + (span * i) / ticks;
-    const anchor = i === 0 ? "start" : i === ticks ? "end" : "middle";
-    target.append(svg("text", { class: "tick", x: x(ms), y: HEIGHT - 5, "text-anchor": anchor },
+  for (const ms of tickTimes(fromMs, fromMs + span, (plot.x1 - plot.x0) / 90)) {
+    target.append(svg("text", { class: "tick", x: x(ms), y: HEIGHT - 5, "text-anchor": "middle" },
       timeLabel(ms, span)));
   }
 
@@ -95,7 +106,8 @@ export function drawTimeline(target, { buckets, bucketSeconds, fromMs, toMs, pic
       + `${b.count} flagged${scored}. Click to show only these.`;
     const pick = () => onPick(startIso, endIso);
     layer.append(svg("g", {
-      class: picked === startIso ? "bucket picked" : "bucket", "data-start": startIso,
+      class: picked?.start === startIso && picked?.end === endIso ? "bucket picked" : "bucket",
+      "data-start": startIso,
       "data-end": endIso, "data-count": b.count, tabindex: 0, role: "button", "aria-label": label,
       onclick: pick, onkeydown: (event) => { if (event.key === "Enter") pick(); },
     },

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.settings import ApiSettings
+from storage import queries
 from storage.records import FlaggedRecord
 from storage.repository import write_flagged
 
@@ -199,3 +200,19 @@ def test_missing_record_is_404_with_a_message(
     assert "flagged record 999999 not found" in response.json()["detail"]
     response = client.post("/api/flagged/999999/feedback", json={"label": "true_alarm"})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("few", [0, 5, 10_000])
+def test_severity_filtered_pages_are_the_same_however_the_rows_are_found(
+    client: TestClient, written: list[FlaggedRecord], monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """On SQLite a page filtered by severity is picked from the passing rows when they are few
+    (through the severity index), else by walking the sort order: both give the same pages."""
+    monkeypatch.setattr(queries, "_FEW_SEVERE", few)
+    for params in ({"min_severity": 80}, {"min_severity": 99, "sort": "score", "desc": "false"}):
+        expected = [r for r in written if r.severity >= params["min_severity"]]
+        assert expected, params
+        key = (lambda r: r.score) if params.get("sort") == "score" else (lambda r: r.scored_time)
+        expected.sort(key=key, reverse=params.get("desc") != "false")
+        got = page_all(client, {**params, "limit": 4})
+        assert [r["record_id"] for r in got] == [r.record_id for r in expected], params
