@@ -272,7 +272,7 @@ def page_flagged(
     )
     if cursor:  # "" too: the first page
         stmt = stmt.where(_after(flt, order, cursor))
-    few = _few_severe(session, flt, order, cursor)
+    few = _few_severe(session, flt, order, cursor, limit)
     if few is not None:
         stmt = stmt.where(FlaggedRecordRow.id.in_(few))
     rows = list(session.scalars(stmt))
@@ -288,18 +288,28 @@ _FEW_SEVERE = 2_000
 
 
 def _few_severe(
-    session: Session, flt: FlaggedFilter, order: Ordering, cursor: str | None
+    session: Session, flt: FlaggedFilter, order: Ordering, cursor: str | None, limit: int
 ) -> list[int] | None:
-    """The ids of the rows a severity-filtered page is made of, when there are few of them;
-    None when there are many, or the planner needs no help. SQLite (without range statistics)
-    reads such a page by walking the sort order's index and testing each row: quick when
-    many rows pass, a scan of the whole table when few or none do. Reading the passing rows
-    through the severity index first costs a few milliseconds either way; PostgreSQL's
-    statistics choose between the two plans by themselves."""
-    if flt.min_severity is None or session.get_bind().dialect.name != "sqlite":
+    """The ids of a severity-filtered page (and the row after it), when few rows pass the
+    filters; None when many do, or the planner needs no help. SQLite (without range statistics)
+    reads such a page by walking the sort order's index and testing each row: quick when many
+    rows pass, a scan of the whole table when few or none do. Here the passing rows' sort keys
+    come through the severity index instead, and the page is picked from them in memory;
+    PostgreSQL's statistics choose between the two plans by themselves. With an equality
+    filter, its own index (column, scored_time, id) bounds the walk already."""
+    equal = (flt.topic, flt.model_version, flt.cluster, flt.top_feature)
+    if flt.min_severity is None or any(v is not None for v in equal):
         return None
-    ids = list(session.scalars(_matching(flt, order, cursor).limit(_FEW_SEVERE + 1)))
-    return ids if len(ids) <= _FEW_SEVERE else None
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    keys = select(_sort_column(flt, order), FlaggedRecordRow.id).where(*_conditions(flt))
+    if cursor:
+        keys = keys.where(_after(flt, order, cursor))
+    rows = session.execute(keys.limit(_FEW_SEVERE + 1)).all()
+    if len(rows) > _FEW_SEVERE:
+        return None
+    rows.sort(key=lambda row: (row[0], row[1]), reverse=order.descending)  # as ORDER BY key, id
+    return [row_id for _, row_id in rows[: limit + 1]]
 
 
 def count_flagged_matching(

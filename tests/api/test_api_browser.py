@@ -271,6 +271,7 @@ def test_explorer_sorts_filters_draws_the_timeline_and_takes_feedback(
     assert all(start[:19].replace("T", " ") <= t < end[:19].replace("T", " ") for t in times)
     assert page.input_value("input[name=start]") == start[:19].replace("T", " ")  # 24 h, UTC
     assert page.is_checked("input[name=range][value=custom]")
+    page.wait_for_selector(f"#timeline .bucket.picked[data-start='{start}']")
     page.close()
     assert errors == []
 
