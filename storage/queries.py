@@ -305,10 +305,10 @@ def _few_severe(
     keys = select(_sort_column(flt, order), FlaggedRecordRow.id).where(*_conditions(flt))
     if cursor:
         keys = keys.where(_after(flt, order, cursor))
-    rows = session.execute(keys.limit(_FEW_SEVERE + 1)).all()
+    rows = [(key, row_id) for key, row_id in session.execute(keys.limit(_FEW_SEVERE + 1))]
     if len(rows) > _FEW_SEVERE:
         return None
-    rows.sort(key=lambda row: (row[0], row[1]), reverse=order.descending)  # as ORDER BY key, id
+    rows.sort(reverse=order.descending)  # as ORDER BY key, id
     return [row_id for _, row_id in rows[: limit + 1]]
 
 
