@@ -144,8 +144,9 @@ export function drawLatentMap(target, { clusters, points: given, selectedId, onS
     );
     anchors.push({ x, y, text: `C${c.cluster}`, colour, cluster: c.cluster });
   }
+  const labels = svg("g", { class: "labels" }); // drawn last: over the records, with a halo
   placeLabels(anchors).forEach((spot, i) => {
-    layer.append(svg("text", {
+    labels.append(svg("text", {
       class: "cluster-label", "data-cluster": anchors[i].cluster, x: spot.x + 2,
       y: spot.y + LABEL_H - 3, fill: anchors[i].colour,
     }, anchors[i].text));
@@ -183,5 +184,5 @@ export function drawLatentMap(target, { clusters, points: given, selectedId, onS
       "data-x": edge.x, "data-y": edge.y,
     }, svg("title", {}, `record ${p.id} (cluster ${p.cluster}): far outside this view, at (${where})`)));
   }
-  target.append(dots);
+  target.append(dots, labels);
 }
