@@ -203,14 +203,24 @@ def test_missing_record_is_404_with_a_message(
 
 
 @pytest.mark.parametrize("few", [0, 5, 10_000])
-def test_severity_filtered_pages_are_the_same_however_the_rows_are_found(
+def test_pages_are_the_same_however_sqlite_is_helped_to_find_the_rows(
     client: TestClient, written: list[FlaggedRecord], monkeypatch: pytest.MonkeyPatch, few: int
 ) -> None:
     """On SQLite a page filtered by severity is picked from the passing rows when they are few
-    (through the severity index), else by walking the sort order: both give the same pages."""
+    (through the severity index), else by walking the sort order; a page sorted by score with
+    equality filters that select many rows walks the score index. Same pages either way."""
     monkeypatch.setattr(queries, "_FEW_SEVERE", few)
-    for params in ({"min_severity": 80}, {"min_severity": 99, "sort": "score", "desc": "false"}):
-        expected = [r for r in written if r.severity >= params["min_severity"]]
+    cases: list[tuple[dict[str, Any], Predicate]] = [
+        ({"min_severity": 80}, lambda r: r.severity >= 80),
+        ({"min_severity": 99, "sort": "score", "desc": "false"}, lambda r: r.severity >= 99),
+        ({"topic": "payments", "sort": "score"}, lambda r: r.topic == "payments"),
+        (
+            {"topic": "logins", "min_severity": 60, "sort": "score", "desc": "false"},
+            lambda r: r.topic == "logins" and r.severity >= 60,
+        ),
+    ]
+    for params, matches in cases:
+        expected = [r for r in written if matches(r)]
         assert expected, params
         key = (lambda r: r.score) if params.get("sort") == "score" else (lambda r: r.scored_time)
         expected.sort(key=key, reverse=params.get("desc") != "false")
