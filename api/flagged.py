@@ -115,10 +115,7 @@ def flagged_router(settings: ApiSettings) -> APIRouter:
         response_model=FlaggedDetailOut,
         status_code=status.HTTP_201_CREATED,
         summary="Mark a flagged record as a true or false alarm",
-        responses={
-            **NOT_FOUND,
-            400: {"model": ErrorOut, "description": "The body is not valid JSON."},
-        },
+        responses=NOT_FOUND,
     )
     def post_feedback(
         flagged_id: IdPath, body: FeedbackIn, session_factory: SessionFactoryDep

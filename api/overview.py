@@ -12,7 +12,15 @@ from api.dependencies import SessionDep, invalid
 from api.params import NO_NUL, FilterDep
 from api.schemas import ErrorOut, EvaluationOut, ModelOut, StatsOut
 from api.settings import ApiSettings
-from storage.queries import QueryError, evaluate, flagged_stats, model_versions, parse_bucket
+from detector.calibration import flag_severity
+from storage.queries import (
+    ModelInfo,
+    QueryError,
+    evaluate,
+    flagged_stats,
+    model_versions,
+    parse_bucket,
+)
 
 VersionText = Annotated[str, Path(max_length=64, pattern=NO_NUL, description="Model version.")]
 
@@ -54,14 +62,19 @@ def overview_router(settings: ApiSettings) -> APIRouter:
         session: SessionDep,
         model_version: Annotated[
             str | None,
-            Query(max_length=64, pattern=NO_NUL, description="Only this model's records."),
+            Query(
+                min_length=1,
+                max_length=64,
+                pattern=NO_NUL,
+                description="Only this model's records.",
+            ),
         ] = None,
     ) -> EvaluationOut:
         return EvaluationOut.model_validate(evaluate(session, model_version))
 
     @router.get("/models", response_model=list[ModelOut], summary="Model versions seen")
     def models(session: SessionDep) -> list[ModelOut]:
-        return [ModelOut.model_validate(info) for info in model_versions(session)]
+        return [_model_out(info) for info in model_versions(session)]
 
     @router.get(
         "/models/{version}",
@@ -77,6 +90,20 @@ def overview_router(settings: ApiSettings) -> APIRouter:
                 detail=f"model version {version!r} has not written to this database: "
                 "GET /api/models lists the versions it knows",
             )
-        return ModelOut.model_validate(found[0])
+        return _model_out(found[0])
 
     return router
+
+
+def _model_out(info: ModelInfo) -> ModelOut:
+    calibration = info.manifest.get("calibration")
+    fpr = calibration.get("fpr") if isinstance(calibration, dict) else None
+    usable = isinstance(fpr, int | float) and not isinstance(fpr, bool) and 0 < fpr < 1
+    return ModelOut(
+        version=info.version,
+        first_seen=info.first_seen,
+        last_seen=info.last_seen,
+        flagged=info.flagged,
+        flag_severity=round(flag_severity(float(fpr)), 3) if usable and fpr else None,
+        manifest=dict(info.manifest),
+    )

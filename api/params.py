@@ -5,7 +5,8 @@ that refuses a parameter the route does not declare."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Collection, Iterable
+from collections import Counter
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -76,19 +77,32 @@ def flagged_filter(  # noqa: PLR0917 - FastAPI passes query parameters by keywor
             description="Alias of min_severity (the name Elastic's anomaly records API uses).",
         ),
     ] = None,
+    # Text filters are a value or absent: an empty one (topic=) is refused like an empty number
+    # (min_severity=), not taken to mean "equal to the empty string".
     topic: Annotated[
-        str | None, Query(max_length=255, pattern=NO_NUL, description="Kafka topic.")
+        str | None,
+        Query(min_length=1, max_length=255, pattern=NO_NUL, description="Kafka topic."),
     ] = None,
     model_version: Annotated[
         str | None,
-        Query(max_length=64, pattern=NO_NUL, description="Version of the model that scored it."),
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=NO_NUL,
+            description="Version of the model that scored it.",
+        ),
     ] = None,
     cluster: Annotated[
         int | None, Query(ge=0, le=MAX_INT32, description="Nearest reference cluster.")
     ] = None,
     top_feature: Annotated[
         str | None,
-        Query(max_length=1_000, pattern=NO_NUL, description="The most surprising field's name."),
+        Query(
+            min_length=1,
+            max_length=1_000,
+            pattern=NO_NUL,
+            description="The most surprising field's name.",
+        ),
     ] = None,
     key: Annotated[
         str | None,
@@ -142,14 +156,16 @@ def declared_query_names(dependant: Dependant) -> frozenset[str]:
     return frozenset(names)
 
 
-def unknown_query_errors(
-    given: Iterable[tuple[str, str]], known: Collection[str]
+def query_name_errors(
+    given: Sequence[tuple[str, str]], known: Collection[str]
 ) -> list[dict[str, Any]]:
-    """One 422 error, in FastAPI's shape, per ``(name, value)`` whose name is not ``known``.
-    Such a parameter would otherwise be ignored: ``severity=50`` (for ``min_severity``) would
-    answer 200 with unfiltered rows."""
+    """One 422 error, in FastAPI's shape, per ``(name, value)`` whose name is not ``known``,
+    and one per name given more than once. An unknown parameter would otherwise be ignored
+    (``severity=50``, for ``min_severity``, would answer 200 with unfiltered rows), and of a
+    repeated one FastAPI would silently keep the last."""
     takes = ", ".join(sorted(known)) if known else "no query parameters"
     errors = []
+    counts = Counter(name for name, _ in given)
     for name, value in given:
         if name in known:
             continue
@@ -163,22 +179,34 @@ def unknown_query_errors(
                 "input": value,
             }
         )
+    for name, count in counts.items():
+        if count > 1 and name in known:
+            errors.append(
+                {
+                    "type": "repeated",
+                    "loc": ("query", name),
+                    "msg": f"query parameter {name!r} is given {count} times: give it once",
+                    "input": [value for n, value in given if n == name],
+                }
+            )
     return errors
 
 
-async def reject_unknown_query(request: Request) -> None:
+async def check_query_names(request: Request) -> None:
     """A dependency, applied to every API route by the app factory: 422 for query parameters
-    the matched route does not declare. It reads the route's own dependant, which holds the
-    endpoint's and its router's dependencies, not those given to ``include_router`` (the
-    token check, and this one): dependencies added there must not declare query parameters."""
+    the matched route does not declare, or that are given more than once. It reads the
+    route's own dependant, which holds the endpoint's and its router's dependencies, not
+    those given to ``include_router`` (the token check, and this one): dependencies added
+    there must not declare query parameters. Runs on the event loop: ``api.guard`` has
+    already bounded how many parameters there are."""
     route = request.scope.get("route")
     if not isinstance(route, APIRoute):
         raise RuntimeError(
-            "reject_unknown_query found no FastAPI route in the request scope: "
+            "check_query_names found no FastAPI route in the request scope: "
             "use it as a dependency of API routes only"
         )
-    errors = unknown_query_errors(
-        request.query_params.items(), declared_query_names(route.dependant)
+    errors = query_name_errors(
+        request.query_params.multi_items(), declared_query_names(route.dependant)
     )
     if errors:
         raise RequestValidationError(errors)

@@ -5,12 +5,35 @@ nats with higher = more anomalous."""
 from __future__ import annotations
 
 import base64
+import math
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, field_validator
 
 Label = Literal["true_alarm", "false_alarm"]
+NON_FINITE = ("Infinity", "-Infinity", "NaN")
+
+
+def _number_json(value: float) -> float | str:
+    """JSON has no infinity: a non-finite number is served as a string, as the Protocol
+    Buffers JSON mapping does ("Infinity", "-Infinity", "NaN"), not as null."""
+    if math.isfinite(value):
+        return value
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
+
+
+# A float as served: a JSON number, or one of NON_FINITE (storage accepts infinite scores).
+Number = Annotated[
+    float,
+    PlainSerializer(_number_json, return_type=float | str, when_used="json"),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number"}, {"type": "string", "enum": list(NON_FINITE)}]},
+        mode="serialization",
+    ),
+]
 
 
 class _Out(BaseModel):
@@ -23,10 +46,10 @@ class FeatureOut(_Out):
     name: str
     actual: Any = Field(None, description="The record's value (null when missing).")
     expected: Any = Field(None, description="The value the model reconstructs for this record.")
-    contribution: float | None = Field(
+    contribution: Number | None = Field(
         None, description="Nats this field adds to the reconstruction score."
     )
-    share: float | None = Field(None, description="Part of the reconstruction score, 0..1.")
+    share: Number | None = Field(None, description="Part of the reconstruction score, 0..1.")
 
 
 class ExplanationOut(_Out):
@@ -36,11 +59,11 @@ class ExplanationOut(_Out):
         default_factory=list, description="The most surprising fields first."
     )
     cluster: int | None = Field(None, description="Nearest reference cluster.")
-    cluster_distance: float | None = Field(
+    cluster_distance: Number | None = Field(
         None, description="Mahalanobis distance to that cluster's centre."
     )
-    latent: list[float] = Field(default_factory=list, description="The record's latent code.")
-    latent_2d: list[float] | None = Field(
+    latent: list[Number] = Field(default_factory=list, description="The record's latent code.")
+    latent_2d: list[Number] | None = Field(
         None,
         description="[x, y] on the model's 2-D latent map (GET /api/models: manifest.latent_map).",
     )
@@ -64,15 +87,15 @@ class FlaggedSummaryOut(_Out):
     event_time: datetime | None
     scored_time: datetime
     model_version: str
-    score: float = Field(description="density + reconstruction, nats.")
-    severity: float = Field(description="0..100, from the combined p-value.")
-    p_value: float = Field(description="Combined calibrated p-value.")
-    density: float = Field(description="Latent negative log-density, nats.")
-    density_p_value: float
-    reconstruction: float = Field(description="Reconstruction error, nats.")
-    reconstruction_p_value: float
+    score: Number = Field(description="density + reconstruction, nats.")
+    severity: Number = Field(description="0..100, from the combined p-value.")
+    p_value: Number = Field(description="Combined calibrated p-value.")
+    density: Number = Field(description="Latent negative log-density, nats.")
+    density_p_value: Number
+    reconstruction: Number = Field(description="Reconstruction error, nats.")
+    reconstruction_p_value: Number
     cluster: int
-    cluster_distance: float
+    cluster_distance: Number
     top_feature: str | None
     explanation: ExplanationOut
     label: Label | None = Field(description="The current verdict: the newest feedback, if any.")
@@ -171,6 +194,11 @@ class ModelOut(_Out):
     first_seen: datetime
     last_seen: datetime
     flagged: int = Field(description="Stored flagged records scored by this version.")
+    flag_severity: float | None = Field(
+        description="Severity at this model's flagging threshold (p-value = "
+        "manifest.calibration.fpr): what it flags is at least this severe; null when the "
+        "manifest has no false-alarm rate."
+    )
     manifest: dict[str, Any] = Field(
         description="The model manifest; latent_map holds the reference clusters in 2-D."
     )

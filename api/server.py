@@ -16,28 +16,45 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.settings import ApiSettings
+from api.settings import LOOPBACK_HOSTS, ApiSettings, ApiSettingsError
 from storage.database import ensure_schema, make_engine, session_factory
 
 log = logging.getLogger(__name__)
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # noqa: S104 - names of "every address", not a bind
+
+
+def serving_settings(
+    host: str, token: str | None, trusted_hosts: tuple[str, ...] = ()
+) -> ApiSettings:
+    """The settings for serving on ``host``: refused without a token beyond loopback (anyone
+    who reaches the port could read and label flagged records). The Host names answered are
+    the loopback ones, ``host`` itself when it is one address, and ``trusted_hosts``."""
+    if token is None and not _is_loopback(host):
+        raise ApiSettingsError(
+            f"refusing to serve on {host or 'every address'} without an API token: anyone who "
+            "can reach the port could read and label flagged records. Give a token "
+            "(--token-file FILE or LATENTWATCH_API_TOKEN), or serve on 127.0.0.1"
+        )
+    names = [*LOOPBACK_HOSTS, *([] if host in WILDCARD_HOSTS else [host]), *trusted_hosts]
+    return ApiSettings(token=token, trusted_hosts=tuple(dict.fromkeys(names)))
 
 
 def run_api(
-    db_url: str, host: str = "127.0.0.1", port: int = 8000, token: str | None = None
+    db_url: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    trusted_hosts: tuple[str, ...] = (),
 ) -> None:
-    """Serve the API and explorer for the database at ``db_url`` until interrupted. The schema
-    is checked first (SQLite is upgraded; PostgreSQL must be: ``latentwatch db upgrade``).
-    An empty ``token`` means none."""
+    """Serve the API and explorer for the database at ``db_url`` until interrupted (see
+    :func:`serving_settings`). The schema is checked first (SQLite is upgraded; PostgreSQL
+    must be: ``latentwatch db upgrade``)."""
+    settings = serving_settings(host, token, trusted_hosts)
     engine = make_engine(db_url)
     try:
         ensure_schema(engine)
-        app = create_app(ApiSettings(token=token or None), session_factory(engine))
-        if not token and not _is_loopback(host):
-            log.warning(
-                "serving on %s without a token: anyone who can reach this port can read flagged "
-                "records; pass --token or set LATENTWATCH_API_TOKEN",
-                host,
-            )
+        app = create_app(settings, session_factory(engine))
+        log.info("answering requests for the hosts %s", ", ".join(settings.trusted_hosts))
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:
         engine.dispose()
@@ -47,7 +64,7 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -94,10 +111,11 @@ def serve_in_thread(
 ) -> ApiServer:
     """Serve the API and explorer for ``db_url`` from a daemon thread (what ``run_api`` serves);
     ``port=0`` picks a free port. Returns once the server accepts connections."""
+    settings = serving_settings(host, token)
     engine = make_engine(db_url)
     try:
         ensure_schema(engine)
-        app = create_app(ApiSettings(token=token or None), session_factory(engine))
+        app = create_app(settings, session_factory(engine))
         return serve_app_in_thread(app, host, port, on_close=engine.dispose)
     except BaseException:
         engine.dispose()

@@ -23,6 +23,7 @@ from grafana_foundation_sdk.builders.common import GraphThresholdsStyleConfig, V
 from grafana_foundation_sdk.builders.dashboard import (
     Dashboard,
     DatasourceVariable,
+    QueryVariable,
     Row,
     ThresholdsConfig,
 )
@@ -42,6 +43,8 @@ from grafana_foundation_sdk.models.dashboard import (
     Threshold,
     ThresholdsMode,
     VariableOption,
+    VariableRefresh,
+    VariableSort,
 )
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -50,50 +53,105 @@ PROMETHEUS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 FLAGGED_DB = DataSourceRef(type_val="grafana-postgresql-datasource", uid="${flagged_db}")
 
 RATE = "$__rate_interval"
+# Every selector is filtered by the dashboard's job and instance variables: two consumers with two
+# models in one Prometheus are never pooled, and the panels follow the consumer(s) picked.
+CONSUMER = 'job=~"$job", instance=~"$instance"'
+# Ages keep growing after a consumer dies: Prometheus marks its series stale at the first failed
+# scrape, and a plain `time() - gauge` would stop answering (Grafana then shows the last age it
+# had, frozen). last_over_time over a day keeps the last value seen to subtract from.
+AGE_LOOKBACK = "1d"
+
+
+def _m(name: str, matchers: str = "") -> str:
+    """``name`` filtered by the job and instance variables (and ``matchers``)."""
+    return f"{name}{{{CONSUMER}{', ' + matchers if matchers else ''}}}"
 
 
 def _quantile(q: float, histogram: str) -> str:
-    return f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket[{RATE}])))"
+    return (
+        f"histogram_quantile({q}, sum by (instance, le) "
+        f"(rate({_m(histogram + '_bucket')}[{RATE}])))"
+    )
+
+
+def _age(timestamp: str) -> str:
+    return f"time() - max by (instance) (last_over_time({_m(timestamp)}[{AGE_LOOKBACK}]))"
+
+
+def _per_s(counter: str) -> str:
+    return f"sum by (instance) (rate({_m(counter)}[{RATE}]))"
+
+
+def _increase(counter: str) -> str:
+    return f"sum by (instance) (increase({_m(counter)}[{RATE}]))"
 
 
 PANEL_QUERIES: dict[str, str] = {
-    "consumed_per_s": f"sum(rate(latentwatch_records_consumed_total[{RATE}]))",
-    "scored_per_s": f"sum(rate(latentwatch_records_scored_total[{RATE}]))",
-    "flagged_per_s": f"sum(rate(latentwatch_records_flagged_total[{RATE}]))",
-    "flagged_share": (
-        f"sum(rate(latentwatch_records_flagged_total[{RATE}]))"
-        f" / sum(rate(latentwatch_records_scored_total[{RATE}]))"
+    # health
+    "up": f"max by (instance) ({_m('up')})",
+    "ready": f"max by (instance) ({_m('latentwatch_ready')})",
+    "last_batch_age": _age("latentwatch_last_batch_timestamp_seconds"),
+    "event_time_age": _age("latentwatch_last_record_timestamp_seconds"),
+    "stuck_operations": (
+        f"max by (instance, operation) ({_m('latentwatch_operation_stuck_seconds')})"
     ),
-    "false_alarm_rate": "max(latentwatch_model_false_alarm_rate)",
-    "flagged_share_alert": "5 * max(latentwatch_model_false_alarm_rate)",
-    "severity_buckets": f"sum by (le) (increase(latentwatch_severity_bucket[{RATE}]))",
+    "restarts": f"sum by (instance) (changes({_m('process_start_time_seconds')}[1h]))",
+    "resident_memory": f"max by (instance) ({_m('process_resident_memory_bytes')})",
+    "cpu": _per_s("process_cpu_seconds_total"),
+    "open_fds_share": (f"max by (instance) ({_m('process_open_fds')} / {_m('process_max_fds')})"),
+    # overview
+    "drift_window_records": f"max by (instance) ({_m('latentwatch_drift_window_records')})",
+    "model_info": (
+        f"max by (instance, version, schema, created_at) ({_m('latentwatch_model_info')})"
+    ),
+    # throughput; the share is the alert's own recording rule (10 minutes)
+    "consumed_per_s": _per_s("latentwatch_records_consumed_total"),
+    "scored_per_s": _per_s("latentwatch_records_scored_total"),
+    "flagged_per_s": _per_s("latentwatch_records_flagged_total"),
+    "flagged_share": _m("instance:latentwatch_flagged_share:ratio10m"),
+    "false_alarm_rate": f"max by (instance) ({_m('latentwatch_model_false_alarm_rate')})",
+    "flagged_share_alert": f"5 * max by (instance) ({_m('latentwatch_model_false_alarm_rate')})",
+    # scores: the heatmap counts the records scored in each time step ($__interval), no overlap
+    "severity_buckets": f"sum by (le) (increase({_m('latentwatch_severity_bucket')}[$__interval]))",
     "score_p50": _quantile(0.5, "latentwatch_score_nats"),
     "score_p99": _quantile(0.99, "latentwatch_score_nats"),
     "density_p50": _quantile(0.5, "latentwatch_latent_density_nats"),
     "density_p95": _quantile(0.95, "latentwatch_latent_density_nats"),
     "reconstruction_p50": _quantile(0.5, "latentwatch_reconstruction_nats"),
     "reconstruction_p95": _quantile(0.95, "latentwatch_reconstruction_nats"),
-    "lag_by_partition": "sum by (topic, partition) (latentwatch_consumer_lag)",
+    "rejects_by_reason": (
+        f"sum by (instance, reason) (rate({_m('latentwatch_records_rejected_total')}[{RATE}])) > 0"
+    ),
+    # drift
+    "drift_psi": f"max by (instance) ({_m('latentwatch_drift_psi')})",
+    "drift_mean_surprise": f"max by (instance) ({_m('latentwatch_drift_mean_surprise')})",
+    "cluster_share": f"max by (instance, cluster) ({_m('latentwatch_cluster_share')})",
+    "reference_cluster_share": (
+        f"max by (instance, cluster) ({_m('latentwatch_reference_cluster_share')})"
+    ),
+    # consumer
+    "lag_by_partition": (f"sum by (instance, topic, partition) ({_m('latentwatch_consumer_lag')})"),
+    "lag_seconds_by_partition": (
+        f"max by (instance, topic, partition) ({_m('latentwatch_consumer_lag_seconds')})"
+    ),
     "latency_p50": _quantile(0.5, "latentwatch_end_to_end_latency_seconds"),
     "latency_p99": _quantile(0.99, "latentwatch_end_to_end_latency_seconds"),
     "batch_duration_p99": _quantile(0.99, "latentwatch_batch_duration_seconds"),
-    "last_batch_age": "time() - max(latentwatch_last_batch_timestamp_seconds)",
-    "event_time_age": "time() - max(latentwatch_last_record_timestamp_seconds)",
-    "rejects_by_reason": (
-        f"sum by (reason) (rate(latentwatch_records_rejected_total[{RATE}])) > 0"
-    ),
-    "drift_psi": "max by (instance) (latentwatch_drift_psi)",
-    "drift_mean_surprise": "max by (instance) (latentwatch_drift_mean_surprise)",
-    "drift_window_records": "sum(latentwatch_drift_window_records)",
-    "cluster_share": "avg by (cluster) (latentwatch_cluster_share)",
-    "reference_cluster_share": "max by (cluster) (latentwatch_reference_cluster_share)",
-    "model_info": "max by (version, schema, created_at) (latentwatch_model_info)",
-    "db_write_errors": f"sum(increase(latentwatch_db_write_errors_total[{RATE}]))",
-    "db_write_retries": f"sum(increase(latentwatch_db_write_retries_total[{RATE}]))",
-    "commit_failures": f"sum(increase(latentwatch_commit_failures_total[{RATE}]))",
-    "poll_errors": f"sum(increase(latentwatch_poll_errors_total[{RATE}]))",
-    "deadletter_errors": f"sum(increase(latentwatch_deadletter_errors_total[{RATE}]))",
-    "rebalances": f"sum(increase(latentwatch_rebalances_total[{RATE}]))",
+    "db_write_errors": _increase("latentwatch_db_write_errors_total"),
+    "db_write_retries": _increase("latentwatch_db_write_retries_total"),
+    "commit_failures": _increase("latentwatch_commit_failures_total"),
+    "poll_errors": _increase("latentwatch_poll_errors_total"),
+    "deadletter_errors": _increase("latentwatch_deadletter_errors_total"),
+    "rebalances": _increase("latentwatch_rebalances_total"),
+    "lag_lookup_errors": _increase("latentwatch_lag_lookup_errors_total"),
+}
+
+# Dashboard variables: (name, label, Prometheus variable query). The model variable carries the
+# instance choice over to the flagged-records table, which reads SQL, not Prometheus.
+VARIABLE_QUERIES: dict[str, tuple[str, str]] = {
+    "job": ("Job", "label_values(latentwatch_model_info, job)"),
+    "instance": ("Consumer", 'label_values(latentwatch_model_info{job=~"$job"}, instance)'),
+    "model": ("Model", f"label_values({_m('latentwatch_model_info')}, version)"),
 }
 
 FLAGGED_RECORDS_COLUMNS = (
@@ -116,7 +174,7 @@ FLAGGED_RECORDS_COLUMNS = (
 FLAGGED_RECORDS_SQL = (
     f"SELECT {', '.join(FLAGGED_RECORDS_COLUMNS)}\n"
     "FROM flagged_records\n"
-    "WHERE $__timeFilter(scored_time)\n"
+    "WHERE $__timeFilter(scored_time) AND model_version IN (${model:sqlstring})\n"
     "ORDER BY scored_time DESC\n"
     "LIMIT 50"
 )
@@ -212,15 +270,74 @@ def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
     )
 
 
+def health_row() -> Section:
+    stuck = _timeseries(
+        7,
+        "Stuck operations (s running past the threshold)",
+        "s",
+        ("stuck_operations", "{{instance}} {{operation}}"),
+        width=8,
+    ).description(
+        "How long the loop's current poll, database write, dead-letter send or commit has been "
+        "running once past the consumer's stuck threshold (10 s); 0 otherwise. Published by the "
+        "consumer's watchdog thread, so it keeps counting while the loop hangs."
+    )
+    process = _timeseries(
+        8,
+        "Process: restarts in the last hour, CPU, share of file descriptors",
+        "short",
+        ("restarts", "{{instance}} restarts (1 h)"),
+        ("cpu", "{{instance}} CPU cores"),
+        ("open_fds_share", "{{instance}} open fds / max"),
+        width=8,
+    )
+    memory = _timeseries(
+        9, "Resident memory", "bytes", ("resident_memory", "{{instance}}"), width=8
+    )
+    return (
+        Section(Row("Health").id(1))
+        .with_panel(
+            _stat(2, "Scrape target up", "none", "up")
+            .description("1: Prometheus scrapes the consumer; 0: it is down or unreachable.")
+            .thresholds(_thresholds((None, "red"), (1, "green")))
+        )
+        .with_panel(
+            _stat(3, "Ready", "none", "ready")
+            .description(
+                "1: the consumer is in its group and no operation is stuck (its /ready answers "
+                "200); 0: starting, stuck or stopping."
+            )
+            .thresholds(_thresholds((None, "red"), (1, "green")))
+        )
+        .with_panel(
+            _stat(4, "Since last committed batch", "s", "last_batch_age")
+            .description(
+                "Seconds since the consumer last committed a batch (or started). Keeps growing "
+                "after the consumer dies. On a quiet stream it grows too: look at the lag."
+            )
+            .thresholds(_thresholds((None, "green"), (60, "orange"), (300, "red")))
+        )
+        .with_panel(
+            _stat(5, "Age of the newest record", "s", "event_time_age").description(
+                "now - the newest Kafka message timestamp processed: how far behind real time "
+                "the stream is. Keeps growing after the consumer dies."
+            )
+        )
+        .with_panel(stuck)
+        .with_panel(process)
+        .with_panel(memory)
+    )
+
+
 def overview_row() -> Section:
     model = (
         table.Panel()
-        .id(5)
-        .title("Model")
-        .description("The loaded model (latentwatch_model_info), one row per consumer model.")
+        .id(13)
+        .title("Model per consumer")
+        .description("The model each consumer runs (latentwatch_model_info), one row each.")
         .datasource(PROMETHEUS)
         .height(4)
-        .span(6)
+        .span(18)
         .targets(
             [
                 prometheus.Dataquery()
@@ -232,47 +349,35 @@ def overview_row() -> Section:
         )
     )
     return (
-        Section(Row("Overview").id(1))
-        .with_panel(
-            _stat(2, "Since last batch or idle poll", "s", "last_batch_age")
-            .description(
-                "Wall-clock age of the last batch; idle polls count, so a quiet stream stays low."
-            )
-            .thresholds(_thresholds((None, "green"), (60, "orange"), (300, "red")))
-        )
-        .with_panel(
-            _stat(3, "Age of the newest record", "s", "event_time_age").description(
-                "now - the newest Kafka message timestamp processed: how far behind real time "
-                "the stream is."
-            )
-        )
-        .with_panel(_stat(4, "Records in drift window", "short", "drift_window_records"))
+        Section(Row("Overview").id(10))
+        .with_panel(_stat(11, "Records in drift window (10 min)", "short", "drift_window_records"))
         .with_panel(model)
     )
 
 
 def throughput_row() -> Section:
     share = _timeseries(
-        12,
-        "Flagged share vs target false-alarm rate",
+        22,
+        "Flagged share (10 min) vs target false-alarm rate",
         "percentunit",
-        ("flagged_share", "flagged share"),
-        ("false_alarm_rate", "target false-alarm rate"),
-        ("flagged_share_alert", "alert threshold (5× target)"),
+        ("flagged_share", "{{instance}} flagged share"),
+        ("false_alarm_rate", "{{instance}} target false-alarm rate"),
+        ("flagged_share_alert", "{{instance}} alert threshold (5× target)"),
     ).description(
-        "On reference-like data the flagged share sits near the model's calibrated false-alarm "
-        "rate. LatentwatchFlaggedShareHigh fires above 5× for 5 minutes."
+        "The share LatentwatchFlaggedShareHigh alerts on (recording rule, 10-minute window, held "
+        "through a stall). On reference-like data it sits near the model's calibrated "
+        "false-alarm rate; the alert fires above 5× for 5 minutes."
     )
     return (
-        Section(Row("Throughput").id(10))
+        Section(Row("Throughput").id(20))
         .with_panel(
             _timeseries(
-                11,
+                21,
                 "Records per second",
                 "ops",
-                ("consumed_per_s", "consumed"),
-                ("scored_per_s", "scored"),
-                ("flagged_per_s", "flagged"),
+                ("consumed_per_s", "{{instance}} consumed"),
+                ("scored_per_s", "{{instance}} scored"),
+                ("flagged_per_s", "{{instance}} flagged"),
             )
         )
         .with_panel(share)
@@ -282,12 +387,13 @@ def throughput_row() -> Section:
 def scores_row() -> Section:
     severity = (
         heatmap.Panel()
-        .id(21)
+        .id(31)
         .title("Severity distribution")
-        .description("Scored records per severity bucket (0-100) and time step.")
+        .description("Records scored per severity bucket (0-100) in each time step.")
         .datasource(PROMETHEUS)
         .height(8)
         .span(12)
+        .interval("1m")  # at least a few scrapes per step, so increase() has samples to use
         .calculate(False)
         .rows_frame(RowsHeatmapOptions().layout(HeatmapCellLayout.LE).value("records"))
         .y_axis(YAxisConfig().unit("short").min(0))
@@ -300,17 +406,17 @@ def scores_row() -> Section:
         )
     )
     return (
-        Section(Row("Scores").id(20))
+        Section(Row("Scores").id(30))
         .with_panel(severity)
         .with_panel(
             _timeseries(
-                22,
+                32,
                 "Latent density vs reconstruction (nats)",
                 "none",
-                ("density_p50", "density p50"),
-                ("density_p95", "density p95"),
-                ("reconstruction_p50", "reconstruction p50"),
-                ("reconstruction_p95", "reconstruction p95"),
+                ("density_p50", "{{instance}} density p50"),
+                ("density_p95", "{{instance}} density p95"),
+                ("reconstruction_p50", "{{instance}} reconstruction p50"),
+                ("reconstruction_p95", "{{instance}} reconstruction p95"),
             ).description(
                 "Which half of the score moves: density = -log p(z) (unusual combination), "
                 "reconstruction = -log p(x|z) (a field the model cannot explain)."
@@ -318,19 +424,19 @@ def scores_row() -> Section:
         )
         .with_panel(
             _timeseries(
-                23,
+                33,
                 "Anomaly score (nats)",
                 "none",
-                ("score_p50", "p50"),
-                ("score_p99", "p99"),
-            )
+                ("score_p50", "{{instance}} p50"),
+                ("score_p99", "{{instance}} p99"),
+            ).description("Buckets reach 100,000 nats: anomalies score in the tens of thousands.")
         )
         .with_panel(
             _timeseries(
-                24,
+                34,
                 "Rejected records by reason",
                 "ops",
-                ("rejects_by_reason", "{{reason}}"),
+                ("rejects_by_reason", "{{instance}} {{reason}}"),
             )
         )
     )
@@ -338,33 +444,36 @@ def scores_row() -> Section:
 
 def drift_row() -> Section:
     return (
-        Section(Row("Drift").id(30))
+        Section(Row("Drift").id(40))
         .with_panel(
-            _timeseries(31, "Population stability index", "none", ("drift_psi", "{{instance}}"))
-            .description("Recent cluster shares vs the reference: < 0.1 stable, > 0.25 shift.")
+            _timeseries(41, "Population stability index", "none", ("drift_psi", "{{instance}}"))
+            .description("Last 10 minutes' cluster shares vs the reference: > 0.25 is a shift.")
             .thresholds(_thresholds((None, "green"), (0.1, "orange"), (0.25, "red")))
             .thresholds_style(GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.LINE))
             .span(8)
         )
         .with_panel(
             _timeseries(
-                32,
+                42,
                 "Mean surprise −ln p (reference 1.0)",
                 "none",
                 ("drift_mean_surprise", "{{instance}}"),
             )
-            .description("Mean -ln(p-value) of recent records; 1.0 on reference-like data.")
+            .description(
+                "Mean -ln(p-value) of the last 10 minutes' records; 1.0 on reference-like data. "
+                "LatentwatchMeanSurpriseHigh fires above 2."
+            )
             .thresholds(_thresholds((None, "green"), (2, "orange"), (5, "red")))
             .thresholds_style(GraphThresholdsStyleConfig().mode(GraphThresholdsStyleMode.LINE))
             .span(8)
         )
         .with_panel(
             _timeseries(
-                33,
+                43,
                 "Cluster share: recent vs reference",
                 "percentunit",
-                ("cluster_share", "cluster {{cluster}} recent"),
-                ("reference_cluster_share", "cluster {{cluster}} reference"),
+                ("cluster_share", "{{instance}} cluster {{cluster}} recent"),
+                ("reference_cluster_share", "{{instance}} cluster {{cluster}} reference"),
             ).span(8)
         )
     )
@@ -372,44 +481,59 @@ def drift_row() -> Section:
 
 def consumer_row() -> Section:
     return (
-        Section(Row("Consumer").id(40))
+        Section(Row("Consumer").id(50))
         .with_panel(
             _timeseries(
-                41,
+                51,
                 "Consumer lag per partition (records)",
                 "short",
-                ("lag_by_partition", "{{topic}}/{{partition}}"),
+                ("lag_by_partition", "{{instance}} {{topic}}/{{partition}}"),
+            ).description(
+                "End offset - committed offset, looked up by the consumer's watchdog thread: it "
+                "keeps growing while the loop hangs."
             )
         )
         .with_panel(
             _timeseries(
-                42,
+                52,
+                "Consumer lag per partition (seconds)",
+                "s",
+                ("lag_seconds_by_partition", "{{instance}} {{topic}}/{{partition}}"),
+            ).description("How long the next uncommitted record of each partition has waited.")
+        )
+        .with_panel(
+            _timeseries(
+                53,
                 "Latency",
                 "s",
-                ("latency_p50", "end-to-end p50"),
-                ("latency_p99", "end-to-end p99"),
-                ("batch_duration_p99", "batch duration p99"),
-            ).description("End-to-end: Kafka message timestamp to its batch being persisted.")
+                ("latency_p50", "{{instance}} end-to-end p50"),
+                ("latency_p99", "{{instance}} end-to-end p99"),
+                ("batch_duration_p99", "{{instance}} batch duration p99"),
+            ).description(
+                "End-to-end: Kafka message timestamp to its batch being persisted (buckets up to "
+                "1 h)."
+            )
         )
         .with_panel(
             _timeseries(
-                43,
+                54,
                 "Database writes",
                 "short",
-                ("db_write_errors", "write errors"),
-                ("db_write_retries", "write retries"),
+                ("db_write_errors", "{{instance}} write errors"),
+                ("db_write_retries", "{{instance}} write retries"),
             )
         )
         .with_panel(
             _timeseries(
-                44,
-                "Poll errors, commit failures, dead-letter errors, rebalances",
+                55,
+                "Poll errors, commit failures, dead-letter errors, rebalances, lag look-ups",
                 "short",
-                ("poll_errors", "poll errors"),
-                ("commit_failures", "commit failures"),
-                ("deadletter_errors", "dead-letter errors"),
-                ("rebalances", "rebalances"),
-            )
+                ("poll_errors", "{{instance}} poll errors"),
+                ("commit_failures", "{{instance}} commit failures"),
+                ("deadletter_errors", "{{instance}} dead-letter errors"),
+                ("rebalances", "{{instance}} rebalances"),
+                ("lag_lookup_errors", "{{instance}} failed lag look-ups"),
+            ).span(24)
         )
     )
 
@@ -417,22 +541,27 @@ def consumer_row() -> Section:
 def flagged_row() -> Section:
     records = (
         table.Panel()
-        .id(51)
+        .id(61)
         .title("Latest flagged records")
-        .description("The 50 newest rows of flagged_records in the time range (PostgreSQL).")
+        .description(
+            "The 50 newest rows of flagged_records in the time range scored by the models of the "
+            "consumers picked (PostgreSQL)."
+        )
         .datasource(FLAGGED_DB)
         .height(12)
         .span(24)
         .with_target(Sql("A", FLAGGED_RECORDS_SQL))
     )
-    return Section(Row("Flagged records").id(50)).with_panel(records)
+    return Section(Row("Flagged records").id(60)).with_panel(records)
 
 
 def build_dashboard() -> Dashboard:
     dashboard = (
         Dashboard("Latentwatch")
         .uid("latentwatch")
-        .description("Anomaly detection on a Kafka stream: throughput, scores, drift, consumer.")
+        .description(
+            "Anomaly detection on a Kafka stream: health, throughput, scores, drift, consumer."
+        )
         .tags(["latentwatch", "anomaly-detection"])
         .refresh("10s")
         .time("now-1h", "now")
@@ -454,7 +583,20 @@ def build_dashboard() -> Dashboard:
             )
         )
     )
+    for name, (label, query) in VARIABLE_QUERIES.items():
+        dashboard.with_variable(
+            QueryVariable(name)
+            .label(label)
+            .datasource(PROMETHEUS)
+            .query(query)
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .sort(VariableSort.ALPHABETICAL_ASC)
+            .multi(True)
+            .include_all(True)
+            .current(VariableOption(selected=True, text="All", value="$__all"))
+        )
     for section in (
+        health_row(),
         overview_row(),
         throughput_row(),
         scores_row(),

@@ -96,6 +96,12 @@ def threshold_for(cal: Calibration, fpr: float) -> float:
     return float(np.interp(1.0 - fpr, np.arange(1, n + 1) / (n + 1), cal.reference))
 
 
+def flag_severity(fpr: float) -> float:
+    """The severity of a record at the flagging threshold (p-value = ``fpr``): every record
+    the model flags is at least this severe (0.01 -> 33.3)."""
+    return float(severity(np.array([fpr]))[0])
+
+
 def severity(p: np.ndarray) -> np.ndarray:
     """0-100 on a log scale of the p-value: p=0.1 -> 17, 0.01 -> 33, 1e-3 -> 50, 1e-6 -> 100."""
     with np.errstate(divide="ignore"):

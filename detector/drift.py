@@ -10,18 +10,24 @@ Two views of the same question, both cheap enough to update once per micro-batch
   **1.0**. A recent mean well above 1 means records are, on the whole, less typical than the
   reference data, even if few of them cross the alarm threshold.
 
-:class:`DriftWindow` keeps both over the last ``size`` scored records. Pure numpy: the metrics
-adapter (``streams/metrics.py``) turns snapshots into gauges.
+:class:`DriftWindow` keeps both over the records scored in the last ``window_s`` seconds (ten
+minutes by default): a window in time, so its time constant is the same at 40 records a second
+and at 40,000. Pure numpy, the clock passed in: the metrics adapter (``streams/metrics.py``) turns
+snapshots into gauges.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_WINDOW_SIZE = 5000
+DEFAULT_WINDOW_S = 600.0  # ten minutes, the window of the flagged-share alert
+# The window is kept as this many time slices of window_s / SLICES each: memory and the cost of a
+# batch do not grow with the record rate, and records leave the window a slice at a time.
+SLICES = 600
 MIN_P_VALUE = 1e-300  # surprise is at most -ln(1e-300) ≈ 690.8 nats
 
 
@@ -84,31 +90,40 @@ class DriftSnapshot:
 
 
 class DriftWindow:
-    """The last ``size`` scored records' nearest cluster and surprise ``-ln(p_value)``.
+    """Nearest cluster and surprise ``-ln(p_value)`` of the records scored in the last
+    ``window_s`` seconds, as of the newest batch.
 
-    A ring buffer: :meth:`add` is vectorised and O(batch), :meth:`snapshot` is O(size). Rows
-    the detector could not score (cluster outside ``0..K-1``, e.g. -1, or a NaN p-value) are
-    not added. p-values are clipped to ``[1e-300, 1]`` so surprises are finite and >= 0.
+    Records are summed into time slices of ``window_s / 600`` (cluster counts, surprise sum), and
+    a whole slice leaves the window once it is older than ``window_s``: :meth:`add` is O(batch +
+    clusters) and :meth:`snapshot` O(clusters), whatever the record rate. Records leave only when
+    a batch comes: while the stream is stopped the window keeps describing its last ten minutes
+    rather than emptying. Rows the detector could not score (cluster outside ``0..K-1``, e.g. -1,
+    or a NaN p-value) are not added. p-values are clipped to ``[1e-300, 1]`` so surprises are
+    finite and >= 0.
     """
 
-    def __init__(self, reference_shares: Sequence[float], size: int = DEFAULT_WINDOW_SIZE) -> None:
-        if size < 1:
-            raise ValueError(f"drift window size must be >= 1, got {size}")
+    def __init__(
+        self, reference_shares: Sequence[float], window_s: float = DEFAULT_WINDOW_S
+    ) -> None:
+        if not window_s > 0:
+            raise ValueError(f"drift window must be > 0 seconds, got {window_s}")
         self.reference_shares = _shares(
             np.asarray(reference_shares, dtype=np.float64), "reference_shares"
         )
-        self.size = size
-        self._clusters = np.zeros(size, dtype=np.int64)
-        self._surprise = np.zeros(size, dtype=np.float64)
-        self._next = 0  # ring position of the next write
-        self._filled = 0
+        self.window_s = float(window_s)
+        self._slice_s = self.window_s / SLICES
+        # (slice start, cluster counts, surprise sum), oldest first
+        self._slices: deque[tuple[float, np.ndarray, float]] = deque()
+        self._counts = np.zeros(self.n_clusters, dtype=np.int64)
+        self._surprise = 0.0
 
     @property
     def n_clusters(self) -> int:
         return len(self.reference_shares)
 
-    def add(self, clusters: np.ndarray, p_values: np.ndarray) -> None:
-        """Add one batch: the nearest reference cluster and the p-value of each record."""
+    def add(self, clusters: np.ndarray, p_values: np.ndarray, now_s: float) -> None:
+        """Add one batch scored at ``now_s`` (seconds, any clock that only goes forward): the
+        nearest reference cluster and the p-value of each record."""
         c = np.asarray(clusters).ravel()
         p = np.asarray(p_values, dtype=np.float64).ravel()
         if c.shape != p.shape:
@@ -116,27 +131,34 @@ class DriftWindow:
                 f"clusters has {len(c)} entries but p_values has {len(p)}: give one of each "
                 "per scored record"
             )
+        self._evict(now_s)
         keep = (c >= 0) & (c < self.n_clusters) & ~np.isnan(p)
-        c = c[keep].astype(np.int64)[-self.size :]
-        surprise = -np.log(np.clip(p[keep], MIN_P_VALUE, 1.0))[-self.size :]
-        n = len(c)
-        # At most two slice writes: up to the end of the buffer, then from its start.
-        head = min(n, self.size - self._next)
-        self._clusters[self._next : self._next + head] = c[:head]
-        self._surprise[self._next : self._next + head] = surprise[:head]
-        self._clusters[: n - head] = c[head:]
-        self._surprise[: n - head] = surprise[head:]
-        self._next = (self._next + n) % self.size
-        self._filled = min(self._filled + n, self.size)
+        counts = np.bincount(c[keep].astype(np.int64), minlength=self.n_clusters)
+        surprise = float(-np.log(np.clip(p[keep], MIN_P_VALUE, 1.0)).sum())
+        self._counts += counts
+        self._surprise += surprise
+        if self._slices and now_s < self._slices[-1][0] + self._slice_s:
+            start, slice_counts, slice_surprise = self._slices[-1]
+            self._slices[-1] = (start, slice_counts + counts, slice_surprise + surprise)
+        else:
+            self._slices.append((now_s, counts, surprise))
+
+    def _evict(self, now_s: float) -> None:
+        while self._slices and self._slices[0][0] <= now_s - self.window_s:
+            _, counts, surprise = self._slices.popleft()
+            self._counts -= counts
+            self._surprise -= surprise
+        if not self._slices:  # exactly zero, whatever rounding the sums collected
+            self._counts[:] = 0
+            self._surprise = 0.0
 
     def snapshot(self) -> DriftSnapshot:
-        n = self._filled
+        n = int(self._counts.sum())
         if n == 0:
             return DriftSnapshot(0, np.zeros(self.n_clusters), 0.0, float("nan"))
-        counts = np.bincount(self._clusters[:n], minlength=self.n_clusters)
         return DriftSnapshot(
             records=n,
-            cluster_shares=counts / n,
-            psi=population_stability_index(self.reference_shares, counts),
-            mean_surprise=float(self._surprise[:n].mean()),
+            cluster_shares=self._counts / n,
+            psi=population_stability_index(self.reference_shares, self._counts),
+            mean_surprise=max(self._surprise / n, 0.0),
         )

@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn
 
@@ -26,6 +27,7 @@ app = typer.Typer(
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2  # click's code for a command line it cannot parse
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def fail(message: str) -> NoReturn:
@@ -594,24 +596,69 @@ def demo(
 
     _setup_logging("warning")
     console = Console()
-    result = run_demo(
-        DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running),
-        console,
-    )
+    options = DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running)
+    try:
+        with _sigterm_unwinds():
+            result = run_demo(options, console)
+    except _Terminated:
+        typer.echo("latentwatch: terminated", err=True)
+        raise typer.Exit(EXIT_TERMINATED) from None
     console.print(summary_table(result))
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that every `with` unwinds: the demo's
+    broker runs in a session of its own and would outlive a process that just died."""
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    import signal
+
+    def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
 def api(
+    ctx: typer.Context,
     db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
-    host: Annotated[str, typer.Option(envvar=_env("API_HOST"), help="Bind address")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            envvar=_env("API_HOST"),
+            help="Bind address; beyond loopback a token is required",
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar=_env("API_PORT"))] = 8000,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("API_TOKEN_FILE"),
+            help="File holding the bearer token that every route but /health needs "
+            "(or set LATENTWATCH_API_TOKEN)",
+        ),
+    ] = None,
     token: Annotated[
         str | None,
         typer.Option(
             envvar=_env("API_TOKEN"),
-            help="Bearer token required by every endpoint "
-            "but /health (recommended beyond loopback)",
+            hidden=True,  # from the environment or the config file: the command line shows in ps
+        ),
+    ] = None,
+    trusted_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=_env("API_TRUSTED_HOSTS"),
+            help="A Host name the API answers to besides localhost, 127.0.0.1, ::1 and the bind "
+            "address (repeatable or comma-separated; *.example.com for subdomains)",
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
@@ -620,8 +667,42 @@ def api(
     """Serve the query API and the explorer page (loopback by default)."""
     from api.server import run_api
 
+    secret = _api_token(ctx, token, token_file)
     _setup_logging(log_level)
-    run_api(db, host=host, port=port, token=token)
+    run_api(db, host=host, port=port, token=secret, trusted_hosts=_split(trusted_host))
+
+
+def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -> str | None:
+    """The API token from --token-file, LATENTWATCH_API_TOKEN or the config file; refused on
+    the command line (every user of the machine can read it in ps) and when empty."""
+    import os
+
+    from api.settings import token_problem
+
+    # By name: typer's ParameterSource is its private copy of click's.
+    source = getattr(ctx.get_parameter_source("token"), "name", None)
+    if token is not None and source == "COMMANDLINE":
+        fail(
+            "--token on the command line is visible to every user of this machine (ps) and "
+            "stays in shell history: put it in a file only you can read and give "
+            "--token-file FILE, or set LATENTWATCH_API_TOKEN"
+        )
+    where = "--config [api] token" if source == "DEFAULT_MAP" else _env("API_TOKEN")
+    if token is None and _env("API_TOKEN") in os.environ:  # click takes an empty one for unset
+        token = os.environ[_env("API_TOKEN")]
+    if token is not None and token_file is not None:
+        fail(f"give the API token once: --token-file or {where}, not both")
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            fail(f"cannot read the API token from --token-file {token_file}: {reason}")
+        where = f"--token-file {token_file}"
+    problem = token_problem(token) if token is not None else None
+    if problem:
+        fail(f"{where}: {problem}")
+    return token
 
 
 @app.command()

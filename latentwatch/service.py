@@ -45,8 +45,10 @@ from streams.kafka import (
     ensure_topics,
     make_producer,
 )
+from streams.liveness import LivenessSettings, OffsetReader, Progress, Watchdog
 from streams.messages import DecodePolicy
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
+from streams.offsets import KafkaOffsets
 from streams.retry import GaveUp, Stopped, retry_with_backoff
 from streams.sql_sink import SqlSink
 
@@ -86,6 +88,7 @@ class ConsumeSettings:
     # give up (StartupTimeoutError) when the database or Kafka still fails this long after
     # start; 0: keep trying
     startup_timeout_s: float = 0.0
+    liveness: LivenessSettings = field(default_factory=LivenessSettings)  # the watchdog
 
 
 class StartupTimeoutError(LatentwatchError):
@@ -183,6 +186,10 @@ def run_consumer(
     engine = make_engine(settings.db, settings.db_timeouts)
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.topics)
+    progress = Progress()
+    watchdog = Watchdog(
+        progress, metrics, _offset_reader(settings), settings=settings.liveness, stopping=stop
+    ).start()
     server = None
     source: KafkaSource | None = None
     dead_letters: DeadLetterProducer | None = None
@@ -190,7 +197,7 @@ def run_consumer(
     give_up_at = time.monotonic() + limit if limit > 0 else None
     try:
         with stop_on_signals(stop, settings.shutdown_timeout_s):
-            server = _serve_metrics(settings, registry, on_metrics)
+            server = _serve(settings, registry, watchdog, on_metrics)
             database = f"database {redact(settings.db)}"
             _until_ready(database, lambda: ensure_schema(engine), stop, give_up_at)
             sink = SqlSink(session_factory(engine), detector.version, manifest)
@@ -203,7 +210,13 @@ def run_consumer(
                 isolation_level=settings.isolation_level,
                 extra=dict(settings.kafka_options),
             )
-            source = KafkaSource(kafka, stop, on_revoked=metrics.rebalance, give_up_at=give_up_at)
+            source = KafkaSource(
+                kafka,
+                stop,
+                on_revoked=metrics.rebalance,
+                on_assignment=progress.assigned,
+                give_up_at=give_up_at,
+            )
             producer = connect(
                 lambda clients: make_producer(
                     settings.bootstrap, settings.kafka_options, kafka_client=clients
@@ -217,7 +230,6 @@ def run_consumer(
                 return RunTotals()
             dead_letters = DeadLetterProducer(producer, settings.deadletter_topic)
             _create_deadletter_topics(settings, dead_letters)
-            loop_settings = _loop_settings(settings)
             log.info(
                 "consuming %s as group %r with model %s; flagged records to %s",
                 ", ".join(settings.topics),
@@ -231,23 +243,14 @@ def run_consumer(
                 sink=sink,
                 dead_letters=dead_letters,
                 metrics=metrics,
-                settings=loop_settings,
+                settings=_loop_settings(settings),
                 on_batch=on_batch,
+                progress=progress,
             )
             freeze_startup_heap()
             started = time.monotonic()
             totals = loop.run(stop)
-            try:
-                sink.flush()
-            except (Unavailable, UnstorableRecord) as exc:
-                log.warning("stream counts of the last seconds not written: %s", exc)
-            log.info(
-                "stopped after %.1f s: %d consumed, %d flagged, %d rejected",
-                time.monotonic() - started,
-                totals.consumed,
-                totals.flagged,
-                totals.rejected,
-            )
+            _finish(sink, totals, time.monotonic() - started)
             return totals
     except Stopped as exc:
         log.info("stopped while waiting for %s", exc)
@@ -261,18 +264,38 @@ def run_consumer(
             dead_letters.close()
         if server is not None:
             server.close()
+        watchdog.close()
         engine.dispose()
 
 
-def _serve_metrics(
+def _finish(sink: SqlSink, totals: RunTotals, elapsed_s: float) -> None:
+    """Write the last stream counts (best effort: the loop has stopped) and say what was done."""
+    try:
+        sink.flush()
+    except (Unavailable, UnstorableRecord) as exc:
+        log.warning("stream counts of the last seconds not written: %s", exc)
+    log.info(
+        "stopped after %.1f s: %d consumed, %d flagged, %d rejected",
+        elapsed_s,
+        totals.consumed,
+        totals.flagged,
+        totals.rejected,
+    )
+
+
+def _serve(
     settings: ConsumeSettings,
     registry: CollectorRegistry,
+    watchdog: Watchdog,
     on_metrics: Callable[[MetricsServer], None] | None,
 ) -> MetricsServer | None:
+    """The metrics endpoint, with the watchdog's /ready and /health beside /metrics."""
     if settings.metrics_port is None:
         return None
-    server = serve_metrics(registry, settings.metrics_host, settings.metrics_port)
-    log.info("metrics at %s", server.url)
+    server = serve_metrics(
+        registry, settings.metrics_host, settings.metrics_port, watchdog.probes()
+    )
+    log.info("metrics at %s (probes: %s/ready, %s/health)", server.url, *[server.base_url] * 2)
     if on_metrics is not None:
         on_metrics(server)
     return server
@@ -290,6 +313,28 @@ def _loop_settings(settings: ConsumeSettings) -> LoopSettings:
             schema_versions=settings.schema_versions,
         ),
     )
+
+
+def _offset_reader(settings: ConsumeSettings) -> Callable[[threading.Event], OffsetReader | None]:
+    """How the watchdog's lag thread makes its own Kafka client (waiting for a broker)."""
+
+    def make(stop: threading.Event) -> OffsetReader | None:
+        reader: OffsetReader | None = connect(
+            lambda clients: KafkaOffsets(
+                settings.bootstrap,
+                settings.group,
+                # lag against the last stable offset when only committed transactions count
+                extra={**settings.kafka_options, "isolation_level": settings.isolation_level},
+                timeout_s=settings.liveness.lookup_timeout_s,
+                kafka_client=clients,
+            ),
+            "lag look-ups",
+            stop,
+            bootstrap=settings.bootstrap,
+        )
+        return reader
+
+    return make
 
 
 def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLetterProducer) -> None:

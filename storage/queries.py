@@ -29,6 +29,7 @@ from sqlalchemy import (
     desc,
     func,
     literal,
+    literal_column,
     select,
     tuple_,
 )
@@ -163,7 +164,21 @@ def _time_column(flt: FlaggedFilter) -> InstrumentedAttribute[Any]:
     )
 
 
-def _conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]]:
+def _equalities(flt: FlaggedFilter) -> list[ColumnElement[bool]]:
+    row = FlaggedRecordRow
+    equal = {
+        row.topic: flt.topic,
+        row.model_version: flt.model_version,
+        row.cluster: flt.cluster,
+        row.top_feature: flt.top_feature,
+        row.key_text: flt.key,  # no index: keys have no length limit (an index entry has)
+    }
+    return [column == value for column, value in equal.items() if value is not None]
+
+
+def _conditions(flt: FlaggedFilter, *, common: bool = False) -> list[ColumnElement[bool]]:
+    """The filter in SQL. ``common``: the equality filters select many rows, and SQLite is
+    told so (``likelihood``), which it cannot know without statistics (see _common_equal)."""
     row = FlaggedRecordRow
     time = _time_column(flt)
     conditions: list[ColumnElement[bool]] = []
@@ -175,14 +190,9 @@ def _conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]]:
         conditions.append(time < flt.end)
     if flt.min_severity is not None:
         conditions.append(row.severity >= flt.min_severity)
-    equal = {
-        row.topic: flt.topic,
-        row.model_version: flt.model_version,
-        row.cluster: flt.cluster,
-        row.top_feature: flt.top_feature,
-        row.key_text: flt.key,  # no index: keys have no length limit (an index entry has)
-    }
-    conditions.extend(column == value for column, value in equal.items() if value is not None)
+    for equal in _equalities(flt):
+        # likelihood(X, 0.9): X, which SQLite's planner takes to be true for 90 % of the rows
+        conditions.append(func.likelihood(equal, literal_column("0.9")) if common else equal)
     return conditions
 
 
@@ -269,17 +279,63 @@ def page_flagged(
     stmt = (
         select(FlaggedRecordRow)
         .options(defer(FlaggedRecordRow.record))  # can be large; the detail view loads it
-        .where(*_conditions(flt))
+        .where(*_conditions(flt, common=_common_equal(session, flt, order)))
         .order_by(direction(column), direction(FlaggedRecordRow.id))
         .limit(limit + 1)  # one more tells whether there is a next page
     )
     if cursor:  # "" too: the first page
         stmt = stmt.where(_after(flt, order, cursor))
+    few = _few_severe(session, flt, order, cursor, limit)
+    if few is not None:
+        stmt = stmt.where(FlaggedRecordRow.id.in_(few))
     rows = list(session.scalars(stmt))
     labels = latest_labels(session, [row.id for row in rows[:limit]])
     records = tuple(_summary(row, labels.get(row.id)) for row in rows[:limit])
     more = len(rows) > limit
     return Page(records, _encode_cursor(flt, order, records[-1]) if more else None)
+
+
+# A page is picked from at most this many rows that pass a severity filter, read through the
+# severity index, when there are no more of them (SQLite; see _few_severe).
+_FEW_SEVERE = 2_000
+
+
+def _few_severe(
+    session: Session, flt: FlaggedFilter, order: Ordering, cursor: str | None, limit: int
+) -> list[int] | None:
+    """The ids of a severity-filtered page (and the row after it), when few rows pass the
+    filters; None when many do, or the planner needs no help. SQLite (without range statistics)
+    reads such a page by walking the sort order's index and testing each row: quick when many
+    rows pass, a scan of the whole table when few or none do. Here the passing rows' sort keys
+    come through the severity index instead, and the page is picked from them in memory;
+    PostgreSQL's statistics choose between the two plans by themselves. With an equality
+    filter, its own index (column, scored_time, id) bounds the walk already."""
+    equal = (flt.topic, flt.model_version, flt.cluster, flt.top_feature)
+    if flt.min_severity is None or any(v is not None for v in equal):
+        return None
+    if session.get_bind().dialect.name != "sqlite":
+        return None
+    keys = select(_sort_column(flt, order), FlaggedRecordRow.id).where(*_conditions(flt))
+    if cursor:
+        keys = keys.where(_after(flt, order, cursor))
+    rows = [(key, row_id) for key, row_id in session.execute(keys.limit(_FEW_SEVERE + 1))]
+    if len(rows) > _FEW_SEVERE:
+        return None
+    rows.sort(reverse=order.descending)  # as ORDER BY key, id
+    return [row_id for _, row_id in rows[: limit + 1]]
+
+
+def _common_equal(session: Session, flt: FlaggedFilter, order: Ordering) -> bool:
+    """Whether SQLite should walk the score index for a page sorted by score with equality
+    filters: it does when they select many rows (more than _FEW_SEVERE). Without statistics
+    it reads every row of, say, a topic through the topic's index and sorts them all, where
+    walking the scores stops after a page of matches; with few such rows, that sort is the
+    quicker. Counted through the filters' own (covering) indexes, up to that bound."""
+    equal = _equalities(flt)
+    if order.sort != "score" or not equal or session.get_bind().dialect.name != "sqlite":
+        return False
+    probe = select(FlaggedRecordRow.id).where(*equal).limit(_FEW_SEVERE + 1).subquery()
+    return (session.scalar(select(func.count()).select_from(probe)) or 0) > _FEW_SEVERE
 
 
 def count_flagged_matching(

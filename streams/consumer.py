@@ -26,6 +26,7 @@ import numpy as np
 
 from detector.detector import Detector
 from storage.records import FlaggedRecord, StreamCount
+from streams.liveness import Progress
 from streams.messages import (
     SCORING_FAILED,
     UNDECODABLE_BATCH,
@@ -63,7 +64,6 @@ class Source(Protocol):
     def poll(self, timeout_s: float, max_records: int) -> list[Message]: ...
     def undecodable(self) -> list[UndecodableBatch]: ...  # stepped over by the polls since
     def commit(self, offsets: Offsets) -> bool: ...  # False: the group moved on, redelivery
-    def lag(self) -> dict[tuple[str, int], int]: ...
 
 
 class FlaggedSink(Protocol):
@@ -185,8 +185,10 @@ class ConsumerLoop:
         settings: LoopSettings | None = None,
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[BatchReport], None] | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.source, self.detector, self.sink = source, detector, sink
+        self.progress = progress or Progress()  # marks for the liveness watchdog
         self.dead_letters, self.metrics = dead_letters, metrics
         self.settings = settings or LoopSettings()
         self.clock = clock
@@ -195,8 +197,10 @@ class ConsumerLoop:
         self._typed = TypedDecoder(detector.schema) if self.settings.typed_decoding else None
 
     def run(self, stop: threading.Event) -> RunTotals:
+        progress = self.progress
         while not stop.is_set():
             try:
+                progress.begin("poll")
                 messages = self._retry(
                     lambda: self.source.poll(
                         self.settings.poll_timeout_s, self.settings.max_records
@@ -205,10 +209,9 @@ class ConsumerLoop:
                     stop,
                     on_error=self.metrics.poll_error,
                 )
+                progress.end()
                 skipped = self.source.undecodable()
                 if not messages and not skipped:
-                    self.metrics.idle(self.clock())
-                    self._publish_lag()
                     continue
                 self.process(messages, stop, skipped)
             except Stopped as exc:
@@ -281,17 +284,28 @@ class ConsumerLoop:
         rejected += [b.rejection() for b in skipped]
         self.sink.count(_stream_counts(batches, skipped, now))
 
+        progress = self.progress
+        progress.begin("db_write")
         stored, unstorable = self._store(flagged, messages, stop)
+        progress.end()
         rejected += unstorable
         if rejected:
+            progress.begin("deadletter_send")
             self._retry(
                 lambda: self.dead_letters.send(rejected),
                 "publishing dead letters",
                 stop,
                 on_error=self.metrics.deadletter_error,
             )
+            progress.end()
         committed_at = self.clock()
-        if not self.source.commit(_next_offsets(messages, skipped)):
+        offsets = _next_offsets(messages, skipped)
+        progress.begin("commit")
+        committed = self.source.commit(offsets)
+        progress.end()
+        if committed:
+            progress.committed(offsets)
+        else:
             self.metrics.commit_failure()
             log.warning(
                 "offset commit refused (group rebalanced): %d records will be "
@@ -389,7 +403,6 @@ class ConsumerLoop:
             m.record_consumed(u.topic, u.records)
             m.record_rejects(u.topic, {UNDECODABLE_BATCH: u.records})
         m.batch_done(duration_s, self.clock())
-        self._publish_lag()
 
         undecoded = sum(u.records for u in skipped)
         scored = sum(len(b.scored_messages) for b in batches)
@@ -416,6 +429,3 @@ class ConsumerLoop:
                     _timestamps_ms(timestamps),
                 )
             )
-
-    def _publish_lag(self) -> None:
-        self.metrics.set_lags(self.source.lag())

@@ -1,8 +1,9 @@
 """Kafka adapters (kafka-python): the consumer-group source, the dead-letter producer, topic
 creation. Settings follow ../shared/notes/infrastructure.md: manual commits, a 6 s session
 (group joins in ~3 s on Tansu, and it is Kafka's minimum), a short fetch wait for latency,
-fast reconnects, lag from the fetch high watermark, and a non-idempotent producer with retries
-(an idempotent one dies for good when a broker loses its state)."""
+fast reconnects, and a non-idempotent producer with retries (an idempotent one dies for good
+when a broker loses its state). Lag is not read here: the liveness watchdog looks it up with a
+client of its own (streams/offsets.py)."""
 
 from __future__ import annotations
 
@@ -252,18 +253,29 @@ def connect(
 
 class _Rebalance(ConsumerRebalanceListener):
     """Nothing is pending at a revocation: the loop commits each batch before polling again,
-    and rebalances only happen inside poll(). So revocation needs only bookkeeping."""
+    and rebalances only happen inside poll(). So revocation needs only bookkeeping. The
+    partitions owned after each change go to ``on_assignment`` (the liveness watchdog)."""
 
-    def __init__(self, on_revoked: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        on_revoked: Callable[[], None],
+        on_assignment: Callable[[frozenset[tuple[str, int]]], None],
+    ) -> None:
         self._on_revoked = on_revoked
+        self._on_assignment = on_assignment
+        self._owned: frozenset[tuple[str, int]] = frozenset()
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         if revoked:  # the first join "revokes" nothing
             log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+            self._owned -= {(tp.topic, tp.partition) for tp in revoked}
             self._on_revoked()
+            self._on_assignment(self._owned)
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        self._owned |= {(tp.topic, tp.partition) for tp in assigned}
+        self._on_assignment(self._owned)
 
 
 class KafkaSource:
@@ -274,6 +286,7 @@ class KafkaSource:
         settings: KafkaSettings,
         stop: threading.Event,
         on_revoked: Callable[[], None] = lambda: None,
+        on_assignment: Callable[[frozenset[tuple[str, int]]], None] = lambda owned: None,
         give_up_at: float | None = None,
     ) -> None:
         consumer = connect(
@@ -289,7 +302,9 @@ class KafkaSource:
         self._undecodable: list[UndecodableBatch] = []
         if consumer is not None:
             skip_undecodable_batches(consumer, self._skipped)
-            consumer.subscribe(list(settings.topics), listener=_Rebalance(on_revoked))
+            consumer.subscribe(
+                list(settings.topics), listener=_Rebalance(on_revoked, on_assignment)
+            )
 
     @property
     def connected(self) -> bool:
@@ -363,22 +378,6 @@ class KafkaSource:
             log.warning("commit failed (%s): the batch will be redelivered", exc)
             return False
         return True
-
-    def lag(self) -> dict[tuple[str, int], int]:
-        """High watermark (from fetch responses) minus position, per assigned partition."""
-        assert self._consumer is not None
-        out: dict[tuple[str, int], int] = {}
-        for tp in self._consumer.assignment():
-            high = self._consumer.highwater(tp)
-            if high is None:
-                continue
-            try:
-                position = self._consumer.position(tp, timeout_ms=100)
-            except KafkaError:
-                continue
-            if position is not None:
-                out[(tp.topic, tp.partition)] = max(high - position, 0)
-        return out
 
     def close(self) -> None:
         """Leave the group cleanly (a fast rebalance for the others); never commit here."""

@@ -9,18 +9,35 @@ docs/observability.md.
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import HTTPServer
-from typing import cast
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, cast
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from detector.drift import DEFAULT_WINDOW_SIZE, DriftWindow
+from detector.drift import DEFAULT_WINDOW_S, DriftWindow
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PREFIX = "latentwatch"
 
@@ -41,12 +58,20 @@ REJECT_REASONS = (
     "other",
 )
 
+# Ranges that cover incidents: anomalous records score tens of thousands of nats, and records
+# wait minutes to an hour behind a stalled consumer. A value above the last bound is still
+# counted (+Inf), but a quantile that lands there reads as the last bound.
 SEVERITY_BUCKETS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
-SCORE_BUCKETS = (-10, 0, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)  # nats
-DENSITY_BUCKETS = (-20, -10, -5, 0, 5, 10, 20, 50, 100, 500)  # nats
-RECONSTRUCTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)  # nats
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)  # seconds
-BATCH_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_LARGE_NATS = (1000, 2000, 5000, 10_000, 20_000, 50_000, 100_000)
+SCORE_BUCKETS = (-10, 0, 5, 10, 20, 50, 100, 200, 500, *_LARGE_NATS)  # nats
+DENSITY_BUCKETS = (-20, -10, -5, 0, 5, 10, 20, 50, 100, 500, *_LARGE_NATS)  # nats
+RECONSTRUCTION_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, *_LARGE_NATS)  # nats
+_MINUTES = (30, 60, 120, 300, 600, 1200, 1800, 3600)  # seconds, up to an hour
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, *_MINUTES)  # seconds
+BATCH_DURATION_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    *_MINUTES,
+)
 
 
 class BatchHistogram:
@@ -113,18 +138,26 @@ class BatchHistogram:
         return [family]
 
 
+# A probe answers (healthy, details): HTTP 200 or 503 with the details as JSON.
+Probe = Callable[[], tuple[bool, Mapping[str, object]]]
+
+
 @dataclass(frozen=True)
 class MetricsServer:
-    """The /metrics HTTP endpoint; ``close()`` stops it."""
+    """The /metrics HTTP endpoint (and the probes served beside it); ``close()`` stops it."""
 
     server: HTTPServer
     thread: threading.Thread
 
     @property
     def url(self) -> str:
+        return f"{self.base_url}/metrics"
+
+    @property
+    def base_url(self) -> str:
         host, port = self.server.server_address[:2]
         host = cast(str, host)
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def close(self) -> None:
         self.server.shutdown()
@@ -132,12 +165,48 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a hung scrape never holds the process at exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        """Scrapes every few seconds are not worth a log line each."""
+
+
+def _app(registry: CollectorRegistry, probes: Mapping[str, Probe]) -> WSGIApplication:
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        probe = probes.get(environ.get("PATH_INFO", ""))
+        if probe is None:
+            return metrics(environ, start_response)
+        healthy, details = probe()
+        body = json.dumps({"ok": healthy, **details}).encode()
+        status = "200 OK" if healthy else "503 Service Unavailable"
+        headers = [("Content-Type", "application/json"), ("Cache-Control", "no-store")]
+        start_response(status, headers)
+        return [body]
+
+    return app
+
+
 def serve_metrics(
-    registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 9464
+    registry: CollectorRegistry,
+    host: str = "127.0.0.1",
+    port: int = 9464,
+    probes: Mapping[str, Probe] | None = None,
 ) -> MetricsServer:
-    """Serve ``registry`` at http://host:port/metrics from a daemon thread. Port 0 picks a free
-    port: read it back from ``.url``."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
+    """Serve ``registry`` at http://host:port/metrics from a daemon thread, and each of
+    ``probes`` at its path (e.g. ``/ready``: 200 when healthy, else 503, details as JSON). Port 0
+    picks a free port: read it back from ``.url``."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("_FamilyServer", (_Server,), {"address_family": family})
+    server: WSGIServer = make_server(
+        host, port, _app(registry, probes or {}), server_class, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
     return MetricsServer(server, thread)
 
 
@@ -154,18 +223,26 @@ class StreamMetrics:
                               reconstruction=..., clusters=..., p_values=...)
         # ... flagged rows written ...
         metrics.record_persisted(topic, event_times_s, now_s=clock())
-        metrics.batch_done(duration_s, now_s=clock())   # or idle(now_s) after an empty poll
+        metrics.batch_done(duration_s, now_s=clock())
+
+    The liveness watchdog (streams/liveness.py) publishes lag, stuck operations and readiness
+    from its own thread. The registry also gets the process and platform collectors
+    (``process_*``, ``python_info``): restarts, memory, CPU, open files.
     """
 
     def __init__(
         self,
         registry: CollectorRegistry,
         topics: Iterable[str] = (),
-        drift_window_size: int = DEFAULT_WINDOW_SIZE,
+        drift_window_s: float = DEFAULT_WINDOW_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         r = registry
         p = PREFIX
-        self._drift_window_size = drift_window_size
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self._drift_window_s = drift_window_s
+        self._clock = clock  # the drift window's time
         self._drift: DriftWindow | None = None
         self._topics: set[str] = set()
         self._newest_event_s: dict[str, float] = {}
@@ -235,10 +312,31 @@ class StreamMetrics:
             registry=r,
         )
 
+        by_partition = ["topic", "partition"]
         self._lag = gauge(
-            "consumer_lag", "Records behind the partition's high watermark.", ["topic", "partition"]
+            "consumer_lag",
+            "Records of the partition not yet committed by the group: end offset - committed.",
+            by_partition,
+        )
+        self._lag_seconds = gauge(
+            "consumer_lag_seconds",
+            "How long the partition's next uncommitted record has waited (0: nothing waits).",
+            by_partition,
         )
         self._lag_series: set[tuple[str, str]] = set()
+        self._lag_lookup_errors = counter(
+            "lag_lookup_errors",
+            "Failed look-ups of end or committed offsets (lag keeps its last value).",
+        )
+        self._stuck = gauge(
+            "operation_stuck_seconds",
+            "How long the loop's current operation has been running, once past the stuck "
+            "threshold; 0 otherwise.",
+            ["operation"],
+        )
+        self._ready = gauge(
+            "ready", "1 when the consumer is in its group and no operation is stuck, else 0."
+        )
         self._last_record_time = gauge(
             "last_record_timestamp_seconds",
             "Newest Kafka message timestamp processed, Unix seconds.",
@@ -246,8 +344,9 @@ class StreamMetrics:
         )
         self._last_batch_time = gauge(
             "last_batch_timestamp_seconds",
-            "Wall clock of the last completed batch or idle poll, Unix seconds.",
+            "Wall clock of the last committed batch (or of the start, before any), Unix seconds.",
         )
+        self._last_batch_time.set(time.time())
         self._false_alarm_rate = gauge(
             "model_false_alarm_rate", "The model's calibrated target false-alarm rate."
         )
@@ -267,7 +366,9 @@ class StreamMetrics:
         self._drift_surprise = gauge(
             "drift_mean_surprise", "Mean -ln(p_value) over the drift window; 1.0 under reference."
         )
-        self._drift_records = gauge("drift_window_records", "Records in the drift window.")
+        self._drift_records = gauge(
+            "drift_window_records", "Records scored in the drift window (its last ten minutes)."
+        )
         self._model = Info(f"{p}_model", "The loaded model.", registry=r)
 
         for topic in topics:
@@ -295,7 +396,7 @@ class StreamMetrics:
             {"version": version, "schema": schema_fingerprint, "created_at": created_at}
         )
         self._false_alarm_rate.set(fpr)
-        self._drift = DriftWindow(reference_cluster_shares, self._drift_window_size)
+        self._drift = DriftWindow(reference_cluster_shares, self._drift_window_s)
         self._reference_share.clear()
         self._cluster_share.clear()
         for k, share in enumerate(self._drift.reference_shares):
@@ -339,7 +440,7 @@ class StreamMetrics:
         self._severity.observe_many(severity)
         self._density.observe_many(density)
         self._reconstruction.observe_many(reconstruction)
-        self._drift.add(clusters, p_values)
+        self._drift.add(clusters, p_values, self._clock())
         self._publish_drift(self._drift)
 
     def _publish_drift(self, window: DriftWindow) -> None:
@@ -365,26 +466,37 @@ class StreamMetrics:
         self._last_record_time.labels(topic=topic).set(newest)
 
     def batch_done(self, duration_s: float, now_s: float) -> None:
+        """A batch was committed. Only committed batches advance the last-batch time, not empty
+        polls: a quiet stream is told from a stalled consumer by its lag (nothing waits)."""
         self._batch_duration.observe(duration_s)
         self._last_batch_time.set(now_s)
 
-    def idle(self, now_s: float) -> None:
-        """A poll returned nothing: the consumer is alive, the stream is quiet. Advancing the
-        last-batch time here keeps a quiet stream from looking like a stalled consumer."""
-        self._last_batch_time.set(now_s)
-
-    def set_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
-        """The lag (high watermark - position, from the consumer, not end_offsets: see docs) of
-        every partition this consumer owns now, and no series for any other: a partition
-        handed to another member must not keep a frozen series here. Called from the loop's
-        thread only; the revocation callback runs on kafka-python's I/O thread and may race
-        the loop's read of the assignment, so the next call is what puts things right."""
+    def set_lags(
+        self,
+        lags: Mapping[tuple[str, int], int],
+        lag_seconds: Mapping[tuple[str, int], float],
+    ) -> None:
+        """Lag in records and seconds of every partition this consumer owns now (the keys of
+        ``lags``), and no series for any other: a partition handed to another member must not
+        keep a frozen series here. Called from the liveness watchdog's thread only."""
         owned = {(topic, str(partition)) for topic, partition in lags}
         for labels in self._lag_series - owned:
             self._lag.remove(*labels)
+            self._lag_seconds.remove(*labels)
         for (topic, partition), lag in lags.items():
-            self._lag.labels(topic=topic, partition=str(partition)).set(lag)
+            self._lag.labels(topic, str(partition)).set(lag)
+            waited = lag_seconds.get((topic, partition), 0.0)
+            self._lag_seconds.labels(topic, str(partition)).set(waited)
         self._lag_series = owned
+
+    def lag_lookup_error(self) -> None:
+        self._lag_lookup_errors.inc()
+
+    def set_stuck(self, operation: str, seconds: float) -> None:
+        self._stuck.labels(operation=operation).set(seconds)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1.0 if ready else 0.0)
 
     def db_write_error(self) -> None:
         self._db_write_errors.inc()
@@ -402,5 +514,5 @@ class StreamMetrics:
         self._commit_failures.inc()
 
     def rebalance(self) -> None:
-        """Partitions were revoked (the lag series follow at the loop's next :meth:`set_lags`)."""
+        """Partitions were revoked (the lag series follow at the watchdog's next look)."""
         self._rebalances.inc()

@@ -1,58 +1,42 @@
-// The explorer: filters -> GET /api/flagged (keyset pages), a record -> GET /api/flagged/{id},
-// its model's reference clusters -> GET /api/models/{version}, verdicts -> POST .../feedback.
-// With a token configured on the server, the page asks for it once per browser tab.
+// The explorer: the view (filters, time range, sort, selected record: also the page's URL) ->
+// GET /api/flagged (keyset pages), the timeline and total from GET /api/stats, a record ->
+// GET /api/flagged/{id}, its model (reference clusters, flagging threshold) -> GET /api/models,
+// verdicts -> POST .../feedback. Auto-refresh counts what arrived since the load and offers it.
 
-import { clear, el, formatNumber, formatTime, severityClass, svg } from "./dom.js";
-import { drawFeatureBars } from "./featurebars.js";
-import { clusterColour, drawLatentMap } from "./latentmap.js";
+import { AuthNeeded, TOKEN_KEY, api, getJson, whenAuthNeeded } from "./api.js";
+import { clear, el, formatNumber, formatTime } from "./dom.js";
+import { drawMap, renderDetail, renderNoDetail, severityBadge, verdictBadge } from "./detail.js";
+import { clusterColour } from "./latentmap.js";
+import { bucketFloor, bucketLabel, chooseBucket, drawTimeline } from "./timeline.js";
+import {
+  FILTER_NAMES, RANGES, emptyView, filterParams, parseUtc, readView, showUtc, timeBounds, writeView,
+} from "./view.js";
 
 const PAGE_SIZE = 25;
-const TOKEN_KEY = "latentwatch.token";
 const $ = (id) => document.getElementById(id);
+const phone = window.matchMedia("(max-width: 760px)");
 
 const state = {
-  filters: new URLSearchParams(), // the applied filters: edits count once submitted
+  view: readView(window.location.search), // applied: edits in the form count once submitted
+  loadedAt: new Date(), // relative ranges are resolved against it, until the next load
   cursors: [null], // cursor of each page visited; cursors[i] opens page i
   page: 0,
   next: null,
   records: [],
-  selectedId: null,
+  total: null,
   detail: null,
-  models: new Map(), // version -> model (manifest with latent_map)
+  models: new Map(), // version -> /api/models entry (manifest, flag_severity)
   selecting: 0, // ignores answers to superseded selections
+  loading: 0, // ignores answers to superseded page loads
+  overviewing: 0, // and to superseded timeline loads
+  timeline: null,
+  since: null, // {start, count}: matching records at or after the newest one at load time
+  timer: null,
 };
-
-class AuthNeeded extends Error {}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
   $("status").classList.toggle("error", isError);
-}
-
-async function api(path, options = {}) {
-  const headers = new Headers(options.headers || {});
-  const token = sessionStorage.getItem(TOKEN_KEY);
-  if (token) headers.set("Authorization", `Bearer ${token}`);
-  const response = await fetch(path, { ...options, headers });
-  if (response.status === 401) {
-    askForToken(token ? "That token was refused." : "This server needs an API token.");
-    throw new AuthNeeded();
-  }
-  if (!response.ok) throw new Error(await errorText(response));
-  return response;
-}
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    if (typeof body.detail === "string") return body.detail;
-    if (Array.isArray(body.detail)) {
-      return body.detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ");
-    }
-  } catch {
-    // not JSON: fall through
-  }
-  return `HTTP ${response.status}`;
 }
 
 function report(error) {
@@ -65,193 +49,280 @@ function askForToken(message) {
   $("token-input").focus();
 }
 
-// --- filters and the list -----------------------------------------------------------------
-
-function filterParams() {
-  const params = new URLSearchParams();
-  for (const [name, raw] of new FormData($("filters"))) {
-    const value = String(raw).trim();
-    if (value === "") continue;
-    if (name === "start" || name === "end") {
-      params.set(name, `${value.length === 16 ? `${value}:00` : value}Z`); // inputs are UTC
-    } else {
-      params.set(name, value);
-    }
-  }
-  return params;
+function keepUrl() {
+  const url = `${window.location.pathname}${writeView(state.view)}`;
+  window.history.replaceState(null, "", url);
 }
 
-async function loadPage() {
-  const params = new URLSearchParams(state.filters); // a cursor belongs to its query
-  params.set("limit", PAGE_SIZE);
-  const cursor = state.cursors[state.page];
-  if (cursor) params.set("cursor", cursor);
-  setStatus("Loading…");
-  const body = await (await api(`/api/flagged?${params}`)).json();
-  state.records = body.records;
-  state.next = body.next_cursor;
-  renderTable();
-  const first = state.page * PAGE_SIZE + 1;
-  $("page-info").textContent = body.count ? `${first}–${first + body.count - 1}` : "";
-  $("prev-page").disabled = state.page === 0;
-  $("next-page").disabled = !state.next;
-  setStatus(`${body.count} record${body.count === 1 ? "" : "s"} on this page`);
-  const stillListed = state.records.some((r) => r.id === state.selectedId);
-  if (!stillListed && state.records.length) await select(state.records[0].id);
-  else if (!state.records.length) renderNoDetail();
-  else drawMap();
+/** The API's filter parameters of the current load (absolute times). */
+function baseParams() {
+  return filterParams(state.view, state.loadedAt);
+}
+
+// --- the filter form <-> the view ----------------------------------------------------------
+
+function viewToForm(view) {
+  const form = $("filters");
+  form.elements.range.value = view.range;
+  form.elements.start.value = view.range === "custom" ? showUtc(view.start) : "";
+  form.elements.end.value = view.range === "custom" ? showUtc(view.end) : "";
+  for (const name of FILTER_NAMES) {
+    const field = form.elements[name];
+    const value = view.filters[name] ?? (name === "time_field" ? "scored" : "");
+    if (field.tagName === "SELECT" && ![...field.options].some((o) => o.value === value)) {
+      field.append(el("option", { value }, value));
+    }
+    field.value = value;
+  }
+  $("refresh").value = String(view.refresh);
+  for (const th of $("records").tHead.querySelectorAll("th[data-sort]")) {
+    const sorted = th.dataset.sort === view.sort;
+    th.setAttribute("aria-sort", sorted ? (view.desc ? "descending" : "ascending") : "none");
+  }
+}
+
+/** The view the form describes (sort, selection and refresh kept), or an Error. */
+function formToView() {
+  const form = $("filters");
+  const view = { ...state.view, filters: {}, id: null, start: null, end: null };
+  view.range = form.elements.range.value;
+  if (view.range === "custom") {
+    for (const side of ["start", "end"]) {
+      const text = form.elements[side].value.trim();
+      if (!text) continue;
+      view[side] = parseUtc(text);
+      if (!view[side]) {
+        return new Error(`${side === "start" ? "From" : "To"} "${text}" is not a UTC time: `
+          + "write it as 2026-11-01 13:05 (24-hour clock)");
+      }
+    }
+    if (!view.start && !view.end) view.range = "all";
+  }
+  for (const name of FILTER_NAMES) {
+    const value = String(form.elements[name].value).trim();
+    if (value !== "" && !(name === "time_field" && value === "scored")) view.filters[name] = value;
+  }
+  return view;
+}
+
+// --- the table ------------------------------------------------------------------------------
+
+function flagSeverity(version) {
+  return state.models.get(version)?.flag_severity ?? null;
 }
 
 function renderTable() {
   const body = clear($("records").tBodies[0]);
   $("empty").hidden = state.records.length > 0;
   for (const r of state.records) {
+    const text = (value) => el("td", { class: "text", title: value ?? "" }, value ?? "–");
     const row = el("tr", {
-      tabindex: 0, "data-id": r.id, class: r.id === state.selectedId ? "selected" : null,
+      tabindex: 0, "data-id": r.id, class: r.id === state.view.id ? "selected" : null,
       onclick: () => select(r.id).catch(report),
       onkeydown: (event) => { if (event.key === "Enter") select(r.id).catch(report); },
     },
-      el("td", {}, formatTime(r.scored_time)),
-      el("td", {}, r.topic),
-      el("td", {}, severityBadge(r.severity)),
+      el("td", { class: "time" }, formatTime(r.scored_time)),
+      text(r.topic),
+      el("td", {}, severityBadge(r.severity, flagSeverity(r.model_version))),
       el("td", { class: "num" }, formatNumber(r.score)),
-      el("td", { class: "num" }, el("span", { class: "dot", "data-cluster": r.cluster }), r.cluster),
-      el("td", {}, r.top_feature ?? "–"),
-      el("td", {}, verdictBadge(r.label)),
+      el("td", { class: "num wide" }, el("span", { class: "dot" }), r.cluster),
+      el("td", { class: "text wide", title: r.top_feature ?? "" }, r.top_feature ?? "–"),
+      el("td", { class: "wide" }, verdictBadge(r.label)),
     );
     row.querySelector(".dot").style.background = clusterColour(r.cluster);
     body.append(row);
   }
+  renderPageInfo();
 }
 
-function severityBadge(severity) {
-  return el("span", { class: `badge ${severityClass(severity)}` }, formatNumber(severity));
+function renderPageInfo() {
+  const first = state.page * PAGE_SIZE + 1;
+  const shown = state.records.length;
+  const of = state.total === null ? "" : ` of ${state.total.toLocaleString("en")}`;
+  $("page-info").textContent = shown ? `${first}–${first + shown - 1}${of}` : "";
+  $("prev-page").disabled = state.page === 0;
+  $("next-page").disabled = !state.next;
 }
 
-function verdictBadge(label) {
-  if (!label) return el("span", { class: "muted" }, "–");
-  const text = label === "true_alarm" ? "true alarm" : "false alarm";
-  return el("span", { class: `verdict ${label}` }, text);
+function failedLoad(error) {
+  // never leave the rows of another query under an error: they would look like its answer
+  state.records = [];
+  state.next = null;
+  clear($("records").tBodies[0]);
+  $("page-info").textContent = "";
+  $("empty").hidden = false;
+  $("empty").textContent = error instanceof AuthNeeded ? "" : `Could not load: ${error.message}`;
+  report(error);
+}
+
+async function loadPage() {
+  const ticket = ++state.loading;
+  const params = baseParams();
+  params.set("sort", state.view.sort);
+  params.set("desc", String(state.view.desc));
+  params.set("limit", PAGE_SIZE);
+  const cursor = state.cursors[state.page];
+  if (cursor) params.set("cursor", cursor); // a cursor belongs to its query
+  setStatus("Loading…");
+  let body;
+  try {
+    body = await getJson(`/api/flagged?${params}`);
+  } catch (error) {
+    if (ticket === state.loading) failedLoad(error);
+    return;
+  }
+  if (ticket !== state.loading) return;
+  state.records = body.records;
+  state.next = body.next_cursor;
+  $("empty").textContent = "No flagged records match these filters.";
+  renderTable();
+  setStatus(`${body.count} record${body.count === 1 ? "" : "s"} on this page`);
+  if (state.view.id && (!state.detail || state.detail.id !== state.view.id)) {
+    await select(state.view.id); // a shared link may point beyond this page
+  } else if (!state.view.id && state.records.length && !phone.matches) {
+    await select(state.records[0].id, { open: false });
+  } else if (!state.view.id) {
+    renderNoDetail($("detail"));
+  } else {
+    redrawMap(); // the page's records around the selected one
+  }
+}
+
+// --- the timeline, the total and what arrived since -----------------------------------------
+
+async function first(params, desc) {
+  const query = new URLSearchParams(params);
+  query.set("limit", "1");
+  query.set("desc", String(desc));
+  const { records } = await getJson(`/api/flagged?${query}`);
+  if (!records.length) return null;
+  return state.view.filters.time_field === "event" ? records[0].event_time : records[0].scored_time;
+}
+
+async function loadOverview() {
+  const ticket = ++state.overviewing;
+  const params = baseParams();
+  const bounds = timeBounds(state.view, state.loadedAt);
+  const [newest, oldest] = await Promise.all([
+    first(params, true), bounds.start ? null : first(params, false),
+  ]);
+  if (ticket !== state.overviewing) return;
+  state.since = null;
+  if (!newest) {
+    state.total = 0;
+    state.timeline = null;
+    renderOverview();
+    return;
+  }
+  let fromMs = Date.parse(bounds.start ?? oldest);
+  let toMs = bounds.end ? Date.parse(bounds.end)
+    : state.view.range in RANGES ? state.loadedAt.getTime() : Date.parse(newest) + 1;
+  const bucket = chooseBucket(Math.max(toMs - fromMs, 1000) / 1000);
+  if (!bounds.start) fromMs = bucketFloor(fromMs, bucket.seconds); // whole first and last bars
+  if (!bounds.end && !(state.view.range in RANGES)) {
+    toMs = bucketFloor(toMs - 1, bucket.seconds) + bucket.seconds * 1000;
+  }
+  const stats = new URLSearchParams(params);
+  stats.set("bucket", bucket.label);
+  stats.set("start", new Date(fromMs).toISOString());
+  if (!(state.view.range in RANGES)) stats.set("end", new Date(toMs).toISOString());
+  const answer = await getJson(`/api/stats?${stats}`);
+  if (ticket !== state.overviewing) return;
+  state.total = answer.total;
+  state.timeline = { buckets: answer.buckets, bucketSeconds: answer.bucket_seconds, fromMs, toMs };
+  if (!bounds.end) state.since = { start: newest, count: await countSince(newest) };
+  if (ticket !== state.overviewing) return;
+  renderOverview();
+}
+
+/** Matching records at or after ``start`` (the newest one at load, included). */
+async function countSince(start) {
+  const params = baseParams();
+  params.set("start", start);
+  params.set("bucket", "366d");
+  return (await getJson(`/api/stats?${params}`)).total;
+}
+
+function renderOverview() {
+  const total = state.total ?? 0;
+  $("total").textContent = `${total.toLocaleString("en")} flagged record${total === 1 ? "" : "s"}`;
+  renderPageInfo();
+  $("new-records").hidden = true;
+  const t = state.timeline;
+  const caption = $("timeline-caption");
+  if (!t) {
+    clear($("timeline"));
+    caption.textContent = "Nothing flagged matches these filters.";
+    return;
+  }
+  const shares = t.buckets.some((b) => typeof b.flagged_share === "number");
+  caption.textContent = `per ${bucketLabel(t.bucketSeconds)}`
+    + (shares ? "; the line: share of the scored records that were flagged" : "")
+    + ". Click a bar to show only its records.";
+  drawTimeline($("timeline"), {
+    ...t, picked: state.view.range === "custom" ? state.view : null,
+    onPick: (start, end) => {
+      applyView({ ...state.view, range: "custom", start, end, id: null }).catch(report);
+    },
+  });
+}
+
+async function tick() {
+  if (!state.since || document.hidden) return;
+  const count = await countSince(state.since.start);
+  const fresh = count - state.since.count;
+  const notice = $("new-records");
+  notice.hidden = fresh <= 0;
+  notice.textContent = `${fresh} new record${fresh === 1 ? "" : "s"} · show`;
+}
+
+function restartTimer() {
+  clearInterval(state.timer);
+  state.timer = state.view.refresh
+    ? setInterval(() => tick().catch(report), state.view.refresh * 1000) : null;
 }
 
 // --- the selected record --------------------------------------------------------------------
 
 async function model(version) {
   if (!state.models.has(version)) {
-    state.models.set(version, await (await api(`/api/models/${encodeURIComponent(version)}`)).json());
+    state.models.set(version, await getJson(`/api/models/${encodeURIComponent(version)}`));
   }
   return state.models.get(version);
 }
 
-async function select(id) {
+async function select(id, { open = true } = {}) {
   const ticket = ++state.selecting;
-  state.selectedId = id;
+  state.view.id = id;
+  keepUrl();
   for (const row of $("records").tBodies[0].rows) {
     row.classList.toggle("selected", Number(row.dataset.id) === id);
   }
-  const detail = await (await api(`/api/flagged/${id}`)).json();
-  await model(detail.model_version).catch(() => null); // the map is drawn without clusters
+  const detail = await getJson(`/api/flagged/${id}`);
+  const known = await model(detail.model_version).catch(() => undefined); // drawn without it
   if (ticket !== state.selecting) return;
   state.detail = detail;
-  renderDetail(detail);
+  renderDetail($("detail"), detail, { model: known, onVerdict: verdict, onClose: closeDetail });
+  redrawMap();
+  if (open && phone.matches) {
+    document.body.classList.add("detail-open");
+    $("detail").scrollTop = 0;
+  }
 }
 
-function renderNoDetail() {
-  state.selectedId = null;
-  state.detail = null;
-  clear($("detail")).append(el("p", { class: "empty" }, "Select a record to see why it was flagged."));
+function closeDetail() {
+  document.body.classList.remove("detail-open");
+  $("records").querySelector("tr.selected")?.focus();
 }
 
-function renderDetail(d) {
-  const where = `${d.topic} [${d.partition}] @ ${d.offset}`;
-  clear($("detail")).append(
-    el("header", { class: "detail-head" },
-      el("div", {},
-        el("h2", {}, d.record_id ? `Record ${d.record_id}` : `Flagged record #${d.id}`),
-        el("p", { class: "muted" }, `${where} · key ${keyText(d)} · model ${d.model_version}`),
-        el("p", { class: "muted" },
-          `scored ${formatTime(d.scored_time)} · event ${formatTime(d.event_time)} UTC`),
-      ),
-      el("div", { class: "severity" }, severityBadge(d.severity), el("small", {}, "severity")),
-    ),
-    scoreGrid(d),
-    el("h3", {}, "Why: fields the model could not reconstruct"),
-    drawFeatureBars(d.explanation.features || [], schemaFields(d.model_version)),
-    el("h3", {}, "Where: the latent map"),
-    el("figure", { class: "map" },
-      svg("svg", { id: "latent-map", role: "img", "aria-label": "latent map" }),
-      el("figcaption", { id: "map-caption", class: "muted" })),
-    el("h3", {}, "Verdict"),
-    feedbackForm(d),
-    el("h3", {}, "Original record"),
-    el("pre", { class: "record" }, JSON.stringify(d.record, null, 2)),
-  );
-  drawMap();
-}
-
-/** The Kafka key as text; a binary key (not UTF-8, or with NUL bytes) comes as hex digits. */
-function keyText(d) {
-  if (d.key == null) return "–";
-  let utf8 = "";
-  for (const byte of new TextEncoder().encode(d.key)) utf8 += String.fromCharCode(byte);
-  return btoa(utf8) === d.key_base64 ? d.key : `0x${d.key} (binary)`;
-}
-
-/** name -> the field's entry in the model's schema (kind, center, scale), when the model is known. */
-function schemaFields(version) {
-  const fields = state.models.get(version)?.manifest?.schema?.fields ?? [];
-  return new Map(fields.map((f) => [f.name, f]));
-}
-
-function scoreGrid(d) {
-  const cell = (label, value, note) => el("div", { class: "metric" },
-    el("span", { class: "metric-label" }, label), el("strong", {}, value),
-    note ? el("small", { class: "muted" }, note) : null);
-  return el("div", { class: "metrics" },
-    cell("score", `${formatNumber(d.score)} nats`, "density + reconstruction"),
-    cell("p-value", formatNumber(d.p_value, { p: true }), "combined, calibrated"),
-    cell("density", `${formatNumber(d.density)} nats`, `p = ${formatNumber(d.density_p_value, { p: true })}`),
-    cell("reconstruction", `${formatNumber(d.reconstruction)} nats`,
-      `p = ${formatNumber(d.reconstruction_p_value, { p: true })}`),
-    cell("nearest cluster", `C${d.cluster}`, `distance ${formatNumber(d.cluster_distance)}`),
-  );
-}
-
-function drawMap() {
-  const target = $("latent-map");
+function redrawMap() {
   const d = state.detail;
-  if (!target || !d) return;
-  const latentMap = state.models.get(d.model_version)?.manifest?.latent_map;
-  const clusters = latentMap?.clusters ?? [];
-  const toPoint = (r) => ({ id: r.id, xy: r.explanation.latent_2d, cluster: r.cluster });
-  const points = state.records
-    .filter((r) => r.model_version === d.model_version && r.explanation?.latent_2d && r.id !== d.id)
-    .map(toPoint);
-  if (d.explanation?.latent_2d) points.push(toPoint(d));
-  drawLatentMap(target, {
-    clusters, points, selectedId: d.id, onSelect: (id) => select(id).catch(report),
-  });
-  $("map-caption").textContent = clusters.length
-    ? `${clusters.length} reference clusters (2σ ellipses) of model ${d.model_version}; `
-      + `${points.length} flagged records of this page, the selected one ringed.`
-    : "This model's manifest has no latent map: only the records are drawn.";
+  if (!d) return;
+  drawMap(d, state.models.get(d.model_version), state.records, (id) => select(id).catch(report));
 }
 
-function feedbackForm(d) {
-  const note = el("input", { id: "feedback-note", type: "text", maxlength: 2000,
-    placeholder: "Note (optional): why?" });
-  const send = (label) => sendFeedback(d.id, label, note.value).catch(report);
-  const history = el("ul", { class: "history" },
-    d.feedback.map((f) => el("li", {}, verdictBadge(f.label), ` ${formatTime(f.created_at)} `,
-      f.note ? el("q", {}, f.note) : null)));
-  return el("div", { class: "feedback" },
-    el("div", { class: "feedback-row" },
-      el("button", { type: "button", id: "mark-true", class: "true_alarm", onclick: () => send("true_alarm") },
-        "True alarm"),
-      el("button", { type: "button", id: "mark-false", class: "false_alarm", onclick: () => send("false_alarm") },
-        "False alarm"),
-      note),
-    d.feedback.length ? history : el("p", { class: "muted" }, "No verdict yet."));
+function verdict(id, label, note) {
+  sendFeedback(id, label, note).catch(report);
 }
 
 async function sendFeedback(id, label, note) {
@@ -264,9 +335,12 @@ async function sendFeedback(id, label, note) {
   const listed = state.records.find((r) => r.id === id);
   if (listed) listed.label = detail.label;
   renderTable();
-  if (state.selectedId === id) {
+  if (state.view.id === id) {
     state.detail = detail;
-    renderDetail(detail);
+    renderDetail($("detail"), detail, {
+      model: state.models.get(detail.model_version), onVerdict: verdict, onClose: closeDetail,
+    });
+    redrawMap();
   }
   setStatus(`Saved: record ${detail.record_id ?? id} marked as ${label.replace("_", " ")}.`);
 }
@@ -274,22 +348,24 @@ async function sendFeedback(id, label, note) {
 // --- options, export, start-up ----------------------------------------------------------------
 
 async function loadOptions() {
-  const models = await (await api("/api/models")).json();
-  const select = clear($("model-select"));
-  select.append(el("option", { value: "" }, "any"));
+  const models = await getJson("/api/models");
+  const chooser = clear($("model-select"));
+  chooser.append(el("option", { value: "" }, "any"));
   const features = new Set();
   for (const m of models) {
     state.models.set(m.version, m);
-    select.append(el("option", { value: m.version }, `${m.version} (${m.flagged})`));
+    chooser.append(el("option", { value: m.version }, `${m.version} (${m.flagged})`));
     for (const field of m.manifest?.schema?.fields ?? []) features.add(field.name);
   }
   clear($("feature-options")).append(...[...features].sort().map((f) => el("option", { value: f })));
-  const stats = await (await api("/api/stats?bucket=366d")).json();
+  const stats = await getJson("/api/stats?bucket=366d");
   clear($("topic-options")).append(...stats.topics.map((t) => el("option", { value: t.topic })));
 }
 
 async function exportRows(format) {
-  const params = new URLSearchParams(state.filters);
+  const params = baseParams();
+  params.set("sort", state.view.sort);
+  params.set("desc", String(state.view.desc));
   params.set("format", format);
   setStatus(`Exporting ${format.toUpperCase()}…`);
   const response = await api(`/api/flagged?${params}`);
@@ -300,26 +376,55 @@ async function exportRows(format) {
   setStatus(truncated ? "Exported the first rows only: narrow the filters for the rest." : "Exported.");
 }
 
-function restart() {
-  state.filters = filterParams();
+/** Show ``view``: from the first page, with a new "now" for relative ranges. */
+async function applyView(view, { overview = true } = {}) {
+  state.view = view;
+  state.loadedAt = new Date();
   state.cursors = [null];
   state.page = 0;
-  return loadPage();
+  if (!view.id) state.detail = null;
+  viewToForm(view);
+  keepUrl();
+  if (overview) {
+    state.total = null;
+    await Promise.all([loadPage(), loadOverview().catch(report)]);
+  } else {
+    await loadPage();
+  }
 }
 
 async function start() {
   $("token-form").hidden = true;
   $("forget-token").hidden = !sessionStorage.getItem(TOKEN_KEY);
   await loadOptions();
-  await restart();
+  await applyView(state.view);
+  restartTimer();
 }
 
 function wire() {
+  whenAuthNeeded(askForToken);
+  if (phone.matches) $("filter-panel").open = false;
   $("filters").addEventListener("submit", (event) => {
     event.preventDefault();
-    restart().catch(report);
+    const view = formToView();
+    if (view instanceof Error) setStatus(view.message, true);
+    else applyView(view).catch(report);
   });
-  $("filters").addEventListener("reset", () => setTimeout(() => restart().catch(report)));
+  $("filters").addEventListener("reset", () => {
+    setTimeout(() => applyView({ ...emptyView(), refresh: state.view.refresh }).catch(report));
+  });
+  for (const side of ["start", "end"]) { // typing a time chooses the from-to range
+    $("filters").elements[side].addEventListener("input", () => {
+      $("filters").elements.range.value = "custom";
+    });
+  }
+  for (const th of $("records").tHead.querySelectorAll("th[data-sort]")) {
+    th.querySelector("button").addEventListener("click", () => {
+      const same = state.view.sort === th.dataset.sort;
+      const view = { ...state.view, sort: th.dataset.sort, desc: same ? !state.view.desc : true };
+      applyView(view, { overview: false }).catch(report);
+    });
+  }
   $("next-page").addEventListener("click", () => {
     state.cursors[state.page + 1] = state.next;
     state.page += 1;
@@ -328,6 +433,12 @@ function wire() {
   $("prev-page").addEventListener("click", () => {
     state.page = Math.max(0, state.page - 1);
     loadPage().catch(report);
+  });
+  $("new-records").addEventListener("click", () => applyView(state.view).catch(report));
+  $("refresh").addEventListener("change", () => {
+    state.view.refresh = Number($("refresh").value);
+    keepUrl();
+    restartTimer();
   });
   $("export-csv").addEventListener("click", () => exportRows("csv").catch(report));
   $("export-jsonl").addEventListener("click", () => exportRows("jsonl").catch(report));
@@ -340,6 +451,11 @@ function wire() {
   $("forget-token").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     window.location.reload();
+  });
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(renderOverview, 150);
   });
 }
 

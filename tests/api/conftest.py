@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from api_client import local_client
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -71,5 +72,5 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
 def client(sessions: sessionmaker[Session]) -> Iterator[TestClient]:
     """A client of the app without a token, with small pages so that paging is exercised."""
     settings = ApiSettings(default_page_size=10, max_page_size=500, export_chunk_size=7)
-    with TestClient(create_app(settings, sessions)) as test_client:
+    with local_client(create_app(settings, sessions)) as test_client:
         yield test_client

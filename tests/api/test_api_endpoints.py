@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from api_client import local_client
 from api_data import MODEL_A, MODEL_B, T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -191,7 +192,7 @@ def test_health_and_ready(client: TestClient) -> None:
 
 def test_not_ready_when_the_schema_is_missing(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")  # never migrated
-    with TestClient(create_app(ApiSettings(), session_factory(engine))) as client:
+    with local_client(create_app(ApiSettings(), session_factory(engine))) as client:
         response = client.get("/ready")
     engine.dispose()
     assert response.status_code == 503
@@ -200,7 +201,7 @@ def test_not_ready_when_the_schema_is_missing(tmp_path: Path) -> None:
 
 def test_not_ready_when_the_database_is_unreachable() -> None:
     engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=2")
-    with TestClient(create_app(ApiSettings(), session_factory(engine))) as client:
+    with local_client(create_app(ApiSettings(), session_factory(engine))) as client:
         response = client.get("/ready")
         assert client.get("/health").status_code == 200
     assert response.status_code == 503
@@ -225,7 +226,7 @@ def test_token_is_required_everywhere_but_health_and_page(
 ) -> None:
     write_flagged(sessions, [flagged(1)], [MODEL_A])
     body = {"label": "true_alarm"} if method == "POST" else None
-    with TestClient(create_app(ApiSettings(token="s3cret-token"), sessions)) as client:
+    with local_client(create_app(ApiSettings(token="s3cret-token-0123456"), sessions)) as client:
         for headers in (
             {},
             {"Authorization": "Bearer wrong"},
@@ -237,7 +238,7 @@ def test_token_is_required_everywhere_but_health_and_page(
             assert refused.headers["www-authenticate"] == "Bearer"
             assert "Authorization: Bearer" in refused.json()["detail"]
         ok = client.request(
-            method, path, headers={"Authorization": "Bearer s3cret-token"}, json=body
+            method, path, headers={"Authorization": "Bearer s3cret-token-0123456"}, json=body
         )
         assert ok.status_code in (200, 201), ok.text
         for open_path in ("/health", "/", "/static/explorer.js", "/static/explorer.css"):
@@ -249,8 +250,10 @@ def test_token_is_required_everywhere_but_health_and_page(
 def test_the_schema_behind_the_token_is_the_full_api_description(
     sessions: sessionmaker[Session],
 ) -> None:
-    with TestClient(create_app(ApiSettings(token="s3cret-token"), sessions)) as client:
-        schema = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret-token"})
+    with local_client(create_app(ApiSettings(token="s3cret-token-0123456"), sessions)) as client:
+        schema = client.get(
+            "/openapi.json", headers={"Authorization": "Bearer s3cret-token-0123456"}
+        )
     assert schema.status_code == 200
     assert {"/api/flagged", "/api/flagged/{flagged_id}", "/health"} <= set(schema.json()["paths"])
 

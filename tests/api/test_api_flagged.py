@@ -12,12 +12,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from api_client import local_client
 from api_data import T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.settings import ApiSettings
+from storage import queries
 from storage.records import FlaggedRecord
 from storage.repository import write_flagged
 
@@ -143,7 +145,7 @@ def test_export_stops_at_the_row_cap_and_says_so(
     sessions: sessionmaker[Session], written: list[FlaggedRecord]
 ) -> None:
     app = create_app(ApiSettings(export_max_rows=25, export_chunk_size=10), sessions)
-    with TestClient(app) as capped:
+    with local_client(app) as capped:
         response = capped.get("/api/flagged", params={"format": "jsonl"})
         assert response.headers["x-latentwatch-truncated"] == "true"
         assert len(response.text.splitlines()) == 25
@@ -198,3 +200,29 @@ def test_missing_record_is_404_with_a_message(
     assert "flagged record 999999 not found" in response.json()["detail"]
     response = client.post("/api/flagged/999999/feedback", json={"label": "true_alarm"})
     assert response.status_code == 404
+
+
+@pytest.mark.parametrize("few", [0, 5, 10_000])
+def test_pages_are_the_same_however_sqlite_is_helped_to_find_the_rows(
+    client: TestClient, written: list[FlaggedRecord], monkeypatch: pytest.MonkeyPatch, few: int
+) -> None:
+    """On SQLite a page filtered by severity is picked from the passing rows when they are few
+    (through the severity index), else by walking the sort order; a page sorted by score with
+    equality filters that select many rows walks the score index. Same pages either way."""
+    monkeypatch.setattr(queries, "_FEW_SEVERE", few)
+    cases: list[tuple[dict[str, Any], Predicate]] = [
+        ({"min_severity": 80}, lambda r: r.severity >= 80),
+        ({"min_severity": 99, "sort": "score", "desc": "false"}, lambda r: r.severity >= 99),
+        ({"topic": "payments", "sort": "score"}, lambda r: r.topic == "payments"),
+        (
+            {"topic": "logins", "min_severity": 60, "sort": "score", "desc": "false"},
+            lambda r: r.topic == "logins" and r.severity >= 60,
+        ),
+    ]
+    for params, matches in cases:
+        expected = [r for r in written if matches(r)]
+        assert expected, params
+        key = (lambda r: r.score) if params.get("sort") == "score" else (lambda r: r.scored_time)
+        expected.sort(key=key, reverse=params.get("desc") != "false")
+        got = page_all(client, {**params, "limit": 4})
+        assert [r["record_id"] for r in got] == [r.record_id for r in expected], params

@@ -9,12 +9,13 @@ points the app's session dependency at a seeded database, SQLite then PostgreSQL
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-from api_data import seed
+from api_data import MODEL_A, flagged, seed
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,9 +24,10 @@ from api.app import create_app
 from api.dependencies import get_session_factory
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
-from storage.repository import add_feedback
+from storage.repository import add_feedback, write_flagged
 
-APP = create_app(ApiSettings(max_page_size=200), sessionmaker())  # unbound: nothing connects
+# Unbound (nothing connects); schemathesis's ASGI client sends Host: testserver.
+APP = create_app(ApiSettings(max_page_size=200, trusted_hosts=("testserver",)), sessionmaker())
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
@@ -47,6 +49,9 @@ def seeded_database(
     engine = make_engine(url)
     sessions: sessionmaker[Session] = session_factory(engine)
     seed(sessions, 40)
+    # infinite scores (storage accepts them) must be served as the schema declares, not null
+    far = flagged(40, score=math.inf, density=math.inf, cluster_distance=math.inf)
+    write_flagged(sessions, [far, flagged(41, reconstruction=-math.inf)], [MODEL_A])
     add_feedback(sessions, 1, "true_alarm", "seen before")
     APP.dependency_overrides[get_session_factory] = lambda: sessions
     yield

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from api_client import local_client
 from api_data import flagged, seed
 from fastapi import Request
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from api.params import reject_unknown_query
+from api.params import check_query_names
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.queries import FlaggedFilter, Ordering, _fingerprint
@@ -52,6 +53,14 @@ BAD_QUERIES: list[tuple[str, dict[str, Any], str, str]] = [
     (LIST, {"topic": "t" * 256}, "topic", "at most 255"),
     (LIST, {"model_version": "v" * 65}, "model_version", "at most 64"),
     (LIST, {"top_feature": "f" * 1001}, "top_feature", "at most 1000"),
+    # an empty value is refused alike for every kind of parameter, not "equal to empty"
+    (LIST, {"topic": ""}, "topic", "at least 1 character"),
+    (LIST, {"model_version": ""}, "model_version", "at least 1 character"),
+    (LIST, {"top_feature": ""}, "top_feature", "at least 1 character"),
+    (LIST, {"min_severity": ""}, "min_severity", "valid number"),
+    (LIST, {"cluster": ""}, "cluster", "valid integer"),
+    (LIST, {"start": ""}, "start", "not an ISO-8601 time"),
+    ("/api/evaluate", {"model_version": ""}, "model_version", "at least 1 character"),
     (LIST, {"format": "csv", "top_feature": "f" * 1001}, "top_feature", "at most 1000"),
     (LIST, {"cursor": "not-a-cursor"}, "cursor", "not one this API issued"),
     (LIST, {"cursor": "W10"}, "cursor", "not one this API issued"),  # base64 of "[]"
@@ -122,7 +131,7 @@ def shared_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClie
     engine = make_engine(url)
     sessions = session_factory(engine)
     write_flagged(sessions, [flagged(i) for i in range(3)])
-    with TestClient(create_app(ApiSettings(max_page_size=500), sessions)) as client:
+    with local_client(create_app(ApiSettings(max_page_size=500), sessions)) as client:
         yield client
     engine.dispose()
 
@@ -193,9 +202,9 @@ def test_every_documented_query_parameter_is_known(client: TestClient) -> None:
 def test_with_a_token_unknown_parameters_are_checked_after_it(
     sessions: sessionmaker[Session],
 ) -> None:
-    with TestClient(create_app(ApiSettings(token="s3cret-token"), sessions)) as client:
+    with local_client(create_app(ApiSettings(token="s3cret-token-0123456"), sessions)) as client:
         assert client.get(LIST, params={"severity": 50}).status_code == 401
-        authorised = {"Authorization": "Bearer s3cret-token"}
+        authorised = {"Authorization": "Bearer s3cret-token-0123456"}
         response = client.get(LIST, params={"severity": 50}, headers=authorised)
         assert_422(response, "severity", "min_severity")
         assert_422(client.get("/health", params={"x": 1}), "x", "no query parameters")
@@ -204,7 +213,7 @@ def test_with_a_token_unknown_parameters_are_checked_after_it(
 def test_the_unknown_parameter_check_refuses_to_run_outside_an_api_route() -> None:
     request = Request({"type": "http", "query_string": b"x=1", "headers": []})
     with pytest.raises(RuntimeError, match="API routes only"):
-        asyncio.run(reject_unknown_query(request))
+        asyncio.run(check_query_names(request))
 
 
 def test_unpaired_surrogate_in_a_note_is_422(shared_client: TestClient) -> None:
@@ -285,5 +294,7 @@ def test_too_many_buckets_is_422_naming_the_remedy(
 def test_settings_refuse_inconsistent_bounds() -> None:
     with pytest.raises(ValueError, match="token is empty"):
         ApiSettings(token=" ")
+    with pytest.raises(ValueError, match="trusted_hosts"):
+        ApiSettings(trusted_hosts=())
     with pytest.raises(ValueError, match="default_page_size"):
         ApiSettings(default_page_size=600, max_page_size=500)

@@ -113,6 +113,42 @@ def test_demo_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
 
 
 @pytest.mark.kafka
+def test_demo_stops_its_broker_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (what a service manager or `kill` sends) as soon as the broker is up: the demo
+    unwinds like on Ctrl-C, exits with 143, and its broker (in a session of its own, which the
+    signal does not reach) is gone, not left listening."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "latentwatch", "demo", "--workdir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    port = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = re.search(r"embedded broker \(Tansu\) at 127\.0\.0\.1:(\d+)", line)
+            if found:
+                port = int(found[1])
+                break
+        assert port is not None, f"the demo never reported its broker: {proc.communicate()[1]}"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    leftover = _processes_mentioning(f"tcp://127.0.0.1:{port}")
+    for pid in leftover:  # do not leak a broker into the other tests
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.splitlines()[-1] == "latentwatch: terminated"
+    assert "Traceback" not in stderr
+    assert leftover == []
+
+
+@pytest.mark.kafka
 def test_replay_stops_on_ctrl_c(broker: EmbeddedBroker, tmp_path: Path) -> None:
     """Ctrl-C during a paced replay: exit 130 at once with one line, records not yet sent are
     not sent (kafka-python must not take the interrupt for a lost connection, as it did in the

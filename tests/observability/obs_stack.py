@@ -1,10 +1,11 @@
-"""The pieces of the end-to-end observability test (test_obs_prometheus_integration.py): a small
-model trained on real data, the consumer in a thread with its metrics on a free loopback port, a
-producer, the PromQL of the dashboard and the rules, and a test copy of the rules whose ``for:``
-durations fit in a test. A plain module (import it), like prometheus_server.py.
+"""The pieces of the end-to-end observability test (test_obs_prometheus_integration.py): small
+models trained on real data, consumers in threads with their metrics on free loopback ports,
+producers (paced, continuous, with old timestamps), a database table lock, the PromQL of the
+dashboard and the rules with Grafana's variables filled in, and a test copy of the rules whose
+``for:`` durations fit in a test. A plain module (import it), like prometheus_server.py.
 
-The data is scikit-learn's bundled breast-cancer set: the model is trained on half of the benign
-records; the other half is the normal stream and the malignant records are the anomalies.
+The data is scikit-learn's bundled breast-cancer set: the models are trained on half of the
+benign records; the other half is the normal stream and the malignant records are the anomalies.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import json
 import re
 import shutil
 import subprocess
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,15 +26,37 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
-from cancer_model import Record
+from cancer_model import Model, Record
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
+from detector import artifact
+from detector.calibration import threshold_for
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from streams.kafka import make_producer
+from streams.liveness import LivenessSettings
 from streams.replay import replay_to
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
+
+
+# The watchdog looks four times a second and calls an operation stuck after 2 s (10 s in
+# production): the hang is seen within seconds of a test.
+TEST_LIVENESS = LivenessSettings(interval_s=0.25, stuck_after_s=2.0)
+
+
+def second_model(model: Model, directory: Path, fpr: float = 0.02) -> Model:
+    """``model`` calibrated to another false-alarm rate: another model version, for a second
+    consumer in the same Prometheus, without a second training."""
+    d = model.detector
+    calibrations = replace(
+        d.calibrations, threshold=threshold_for(d.calibrations.score, fpr), fpr=fpr
+    )
+    other = replace(d, calibrations=calibrations, config=replace(d.config, fpr=fpr), version="")
+    path = directory / "model"
+    artifact.save(other, path)
+    return Model(other, path, model.normal, model.anomalous)
 
 
 def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> ConsumeSettings:
@@ -46,6 +72,7 @@ def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> Consum
         session_timeout_ms=SESSION_TIMEOUT_MS,
         max_records=50,  # several batches per second of stream: the counters rise in steps
         poll_timeout_s=0.2,
+        liveness=TEST_LIVENESS,
     )
 
 
@@ -71,6 +98,77 @@ def produce(bootstrap: str, topic: str, values: Sequence[bytes], rate_per_s: flo
     assert report.failed == 0, f"{report.failed} records were not delivered"
 
 
+def produce_timestamped(
+    bootstrap: str, topic: str, values: Sequence[bytes], timestamp_ms: int
+) -> None:
+    """Send ``values`` with the Kafka timestamp ``timestamp_ms`` (a producer's CreateTime)."""
+    producer = make_producer(bootstrap, linger_ms=5)
+    try:
+        futures = [producer.send(topic, value, timestamp_ms=timestamp_ms) for value in values]
+        producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+
+
+class SteadyProducer:
+    """Sends ``values`` round and round, one every ``interval_s``, until closed: records keep
+    arriving while the consumer hangs. ``sent`` is what was acknowledged."""
+
+    def __init__(self, bootstrap: str, topic: str, values: Sequence[bytes], interval_s: float):
+        self._producer = make_producer(bootstrap, linger_ms=0)
+        self._topic, self._values, self._interval_s = topic, values, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="steady-producer", daemon=True)
+        self.sent: list[bytes] = []
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(self._interval_s):
+            value = self._values[i % len(self._values)]
+            self._producer.send(self._topic, value).get(timeout=30)  # one record per batch
+            self.sent.append(value)
+            i += 1
+
+    def __enter__(self) -> SteadyProducer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._producer.close(timeout=10)
+
+
+@contextmanager
+def table_locked(db_url: str, table: str) -> Iterator[None]:
+    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` on PostgreSQL: every write to ``table``
+    waits, without an error, until the block exits (the lock of an open transaction)."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            transaction = connection.begin()
+            connection.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield
+            finally:
+                transaction.rollback()
+    finally:
+        engine.dispose()
+
+
+def wait_until(condition: Any, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout_s} s")
+        time.sleep(poll_s)
+
+
 def stored_flagged(db_url: str, topic: str) -> int:
     """Rows of flagged_records for ``topic`` (what the dashboard's table shows)."""
     engine = create_engine(db_url, poolclass=NullPool)
@@ -83,6 +181,30 @@ def stored_flagged(db_url: str, topic: str) -> int:
 
 
 # --- PromQL of the dashboard and the rules ------------------------------------------------
+
+
+def with_variables(expr: str, variables: dict[str, str]) -> str:
+    """``expr`` with Grafana's variables replaced (longest names first: $__interval is not
+    $__interval_ms)."""
+    for name in sorted(variables, key=len, reverse=True):
+        expr = expr.replace(name, variables[name])
+    assert "$" not in expr, f"unknown Grafana variable in {expr!r}"
+    return expr
+
+
+def dashboard_variables(dashboard_json: Path) -> dict[str, str]:
+    """The Prometheus query of each of the dashboard's query variables, by name."""
+    dashboard = json.loads(dashboard_json.read_text())
+    return {v["name"]: v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"}
+
+
+def label_values_as_promql(query: str) -> tuple[str, str]:
+    """Grafana's ``label_values(selector, label)`` as PromQL ``group by (label) (selector)``, and
+    the label."""
+    match = re.fullmatch(r"label_values\((.*), (\w+)\)", query)
+    assert match is not None, query
+    selector, label = match.groups()
+    return f"group by ({label}) ({selector})", label
 
 
 def dashboard_exprs(dashboard_json: Path) -> dict[str, str]:
@@ -103,10 +225,14 @@ def rules(rules_yml: Path) -> list[dict[str, Any]]:
 
 
 def metric_names(expr: str) -> set[str]:
-    """Series names a PromQL expression reads: latentwatch_* metrics, recording rules
-    (names with a colon) and ``up``. Label values (string literals) are left out."""
+    """Series names a PromQL expression reads: latentwatch_* and process_* metrics, recording
+    rules (names with a colon) and ``up``. Label values (string literals) are left out."""
     identifiers = re.findall(r"[A-Za-z_:][A-Za-z0-9_:]*", re.sub(r'"[^"]*"', '""', expr))
-    return {n for n in identifiers if n.startswith("latentwatch_") or ":" in n or n == "up"}
+    return {
+        n
+        for n in identifiers
+        if n.startswith(("latentwatch_", "process_")) or ":" in n or n == "up"
+    }
 
 
 def with_short_for(rules_yml: Path, out: Path, for_: str) -> Path:

@@ -45,6 +45,7 @@ class PrometheusServer:
     url: str  # http://127.0.0.1:PORT
     process: subprocess.Popen[bytes]
     log_path: Path
+    config_path: Path
 
     def _get(self, path: str, **params: str) -> Any:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
@@ -94,9 +95,25 @@ class PrometheusServer:
         groups = self._get("/api/v1/rules")["groups"]
         return [rule for group in groups for rule in group["rules"]]
 
+    def set_targets(self, targets: list[str]) -> None:
+        """Scrape ``targets`` from now on (rewrites the configuration and reloads it): a target
+        left out disappears as from service discovery."""
+        document = yaml.safe_load(self.config_path.read_text())
+        document["scrape_configs"] = _scrape_configs(targets)
+        self.config_path.write_text(yaml.safe_dump(document))
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, f"reload answered {response.status}"
+
     def log_tail(self, lines: int = 20) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def _scrape_configs(targets: list[str]) -> list[dict[str, Any]]:
+    """Job latentwatch, even without targets: a job removed by a reload leaves its series to
+    go stale after 5 minutes, a target removed from a job gets stale markers at once."""
+    return [{"job_name": "latentwatch", "static_configs": [{"targets": targets}]}]
 
 
 def _config(
@@ -105,14 +122,13 @@ def _config(
     scrape_interval: str,
     evaluation_interval: str,
 ) -> dict[str, Any]:
-    scrape_configs = [{"job_name": "latentwatch", "static_configs": [{"targets": targets}]}]
     return {
         "global": {
             "scrape_interval": scrape_interval,
             "evaluation_interval": evaluation_interval,
         },
         "rule_files": [str(Path(f).resolve()) for f in rule_files],
-        "scrape_configs": scrape_configs if targets else [],
+        "scrape_configs": _scrape_configs(targets),
     }
 
 
@@ -165,11 +181,12 @@ def run_prometheus(
                 f"--config.file={config}",
                 f"--storage.tsdb.path={directory / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",  # POST /-/reload (set_targets)
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = PrometheusServer(f"http://127.0.0.1:{port}", process, log_path)
+    server = PrometheusServer(f"http://127.0.0.1:{port}", process, log_path, config)
     try:
         _wait_ready(server)
         yield server

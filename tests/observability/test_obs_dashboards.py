@@ -33,8 +33,20 @@ DASHBOARDS = REPO / "dashboards"
 PROMETHEUS_DIR = DASHBOARDS / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
 DASHBOARD_JSON = DASHBOARDS / "grafana" / "latentwatch.json"
-# Grafana's interval variables, replaced by a duration so that promtool can parse the expressions.
-GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+# Grafana's variables, replaced by a duration or a regex so that promtool can parse the
+# expressions.
+GRAFANA_INTERVALS = {
+    "$__rate_interval": "5m",
+    "$__interval": "1m",
+    "$__range": "1h",
+    "$job": ".*",
+    "$instance": ".*",
+}
+# Series names a dashboard query reads: the consumer's metrics, the process collector's, the
+# scrape's `up`, and recording rules (names with a colon).
+SERIES_NAME = re.compile(r"\b(?:latentwatch_\w+|process_\w+|up|\w+:\w+:\w+)\b")
+CONSUMER_MATCHERS = '{job=~"$job", instance=~"$instance"'
+ALLOWED_TO_NAME_THE_JOB = {"LatentwatchTargetDown", "LatentwatchTargetMissing"}
 
 
 def load_build() -> ModuleType:
@@ -106,7 +118,10 @@ def exposed_names() -> set[str]:
     )
     metrics.record_persisted("records", np.array([1.0e9, 1.0e9]), now_s=1.0e9 + 1)
     metrics.batch_done(0.01, now_s=1.0e9 + 1)
-    metrics.set_lags({("records", 0): 5})
+    metrics.set_lags({("records", 0): 5}, {("records", 0): 1.5})
+    metrics.set_stuck("db_write", 0.0)
+    metrics.set_ready(True)
+    metrics.lag_lookup_error()
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 
@@ -168,7 +183,7 @@ def test_dashboard_and_rules_only_use_exposed_metrics(dashboard: dict[str, Any])
     exprs = dashboard_exprs(dashboard) + [rule["expr"] for rule in rules()]
     for expr in exprs:
         for name in referenced_names(expr):
-            if name.startswith("latentwatch_"):
+            if name.startswith(("latentwatch_", "process_")):
                 assert name in exposed, f"{name} (in {expr!r}) is not exposed by StreamMetrics"
             elif ":" in name:
                 assert name in recorded, f"{name} (in {expr!r}) is not a recording rule"
@@ -178,8 +193,42 @@ def test_every_exposed_metric_is_on_the_dashboard_or_in_a_rule(dashboard: dict[s
     text = " ".join(dashboard_exprs(dashboard) + [rule["expr"] for rule in rules()])
     registry = CollectorRegistry()
     StreamMetrics(registry)
-    unused = {family.name for family in registry.collect() if family.name not in text}
+    families = {family.name for family in registry.collect()}
+    unused = {name for name in families if name.startswith("latentwatch_") and name not in text}
     assert not unused
+    # restarts, memory and CPU are watched (the process collector is registered)
+    for name in ("process_start_time_seconds", "process_resident_memory_bytes"):
+        assert name in families and name in text
+    assert "process_cpu_seconds" in families and "process_cpu_seconds_total" in text
+
+
+def test_every_dashboard_selector_is_filtered_by_job_and_instance(build: ModuleType) -> None:
+    """Two consumers (two models) in one Prometheus: every series a panel reads is narrowed to
+    the consumers picked in the job and instance variables, so none pools unrelated models."""
+    assert build.PANEL_QUERIES
+    for key, expr in build.PANEL_QUERIES.items():
+        selectors = list(SERIES_NAME.finditer(expr))
+        assert selectors, key
+        for match in selectors:
+            following = expr[match.end() : match.end() + len(CONSUMER_MATCHERS)]
+            assert following == CONSUMER_MATCHERS, f"{key}: {match.group()} unfiltered in {expr}"
+
+
+def test_dashboard_variables_pick_job_consumer_and_model(dashboard: dict[str, Any]) -> None:
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in ("job", "instance", "model"):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"]["uid"] == "${datasource}"
+        assert variable["multi"] and variable["includeAll"]
+    assert variables["instance"]["query"] == (
+        'label_values(latentwatch_model_info{job=~"$job"}, instance)'
+    )
+    assert CONSUMER_MATCHERS in variables["model"]["query"]
+    table_sql = [
+        t["rawSql"] for p in all_panels(dashboard) for t in p.get("targets", []) if "rawSql" in t
+    ]
+    assert table_sql and all("${model:sqlstring}" in sql for sql in table_sql)
 
 
 def test_flagged_records_table_uses_existing_columns(build: ModuleType) -> None:
@@ -188,33 +237,42 @@ def test_flagged_records_table_uses_existing_columns(build: ModuleType) -> None:
     assert f"FROM {table_name}" in sql
     assert "ORDER BY scored_time DESC" in sql
     assert "LIMIT 50" in sql
-    keywords = {"SELECT", "FROM", "WHERE", "ORDER", "BY", "DESC", "LIMIT"}
-    without_macros = re.sub(r"\$__\w+", "", sql)
+    keywords = {"SELECT", "FROM", "WHERE", "AND", "IN", "ORDER", "BY", "DESC", "LIMIT"}
+    without_macros = re.sub(r"\$__\w+|\$\{[^}]*\}", "", sql)
     identifiers = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", without_macros))
     columns = {column.name for column in FlaggedRecordRow.__table__.columns}
     assert identifiers - keywords - {table_name} <= columns
     assert "kafka_partition" in identifiers  # the SQL name, not the ORM attribute `partition`
+    assert "model_version" in identifiers  # narrowed to the models of the consumers picked
 
 
 @pytest.mark.postgres
 def test_flagged_records_table_query_runs_on_postgresql(
     build: ModuleType, new_postgres_database: Callable[[str], str]
 ) -> None:
-    """The table panel's SQL as Grafana sends it (its $__timeFilter macro expanded the way the
-    PostgreSQL datasource does) returns the newest flagged records of the range."""
+    """The table panel's SQL as Grafana sends it (its $__timeFilter macro and the model variable
+    expanded the way the PostgreSQL datasource does) returns the newest flagged records of the
+    range scored by the models picked."""
     url = new_postgres_database("lw_dash")
     engine = make_engine(url)
     now = datetime.now(UTC).replace(microsecond=0)
     try:
         write_flagged(
             session_factory(engine),
-            [make_record(i, scored_time=now - timedelta(minutes=i)) for i in range(80)],
+            [  # every fourth record, the newest among them, scored by another model
+                make_record(
+                    i,
+                    scored_time=now - timedelta(seconds=30 * i),
+                    model_version="picked" if i % 4 else "other",
+                )
+                for i in range(80)
+            ],
         )
         start, end = now - timedelta(hours=1), now
         expanded = build.FLAGGED_RECORDS_SQL.replace(
             "$__timeFilter(scored_time)",
             f"scored_time BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'",
-        )
+        ).replace("${model:sqlstring}", "'picked'")
         with engine.connect() as connection:
             result = connection.execute(text(expanded))
             columns, rows = list(result.keys()), result.all()
@@ -222,8 +280,9 @@ def test_flagged_records_table_query_runs_on_postgresql(
         engine.dispose()
     assert columns == list(build.FLAGGED_RECORDS_COLUMNS)
     assert len(rows) == 50
+    assert {row._mapping["model_version"] for row in rows} == {"picked"}
     times = [row._mapping["scored_time"] for row in rows]
-    assert times == sorted(times, reverse=True) and times[0] == now
+    assert times == sorted(times, reverse=True) and times[0] == now - timedelta(seconds=30)
 
 
 def test_panels_have_unique_ids_and_targets_have_ref_ids(dashboard: dict[str, Any]) -> None:
@@ -272,6 +331,7 @@ def test_alerts_carry_severity_and_runbook_annotations() -> None:
     assert set(alerts) == {
         "LatentwatchFlaggedShareHigh",
         "LatentwatchLatentDriftHigh",
+        "LatentwatchMeanSurpriseHigh",
         "LatentwatchConsumerLagGrowing",
         "LatentwatchConsumerStalled",
         "LatentwatchNoRecords",
@@ -279,13 +339,16 @@ def test_alerts_carry_severity_and_runbook_annotations() -> None:
         "LatentwatchDatabaseWriteFailures",
         "LatentwatchKafkaErrors",
         "LatentwatchTargetDown",
+        "LatentwatchTargetMissing",
     }
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
-        # Only TargetDown may pin the job: the others must work under any scrape job name.
-        if name != "LatentwatchTargetDown":
+        # Only the target alerts may pin the job: the others work under any scrape job name.
+        if name not in ALLOWED_TO_NAME_THE_JOB:
             assert "job=" not in rule["expr"], name
+        else:
+            assert 'up{job="latentwatch"}' in rule["expr"], name
 
 
 def test_every_alert_and_recording_rule_has_a_unit_test() -> None:

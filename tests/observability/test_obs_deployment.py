@@ -117,7 +117,7 @@ def test_serving_services_point_the_health_check_at_their_own_port(
     consumer, api = s["consumer"], s["api"]
     assert option(consumer["command"], "--metrics-port") == METRICS_PORT
     assert consumer["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
-        f"http://127.0.0.1:{METRICS_PORT}/metrics"
+        f"http://127.0.0.1:{METRICS_PORT}/health"
     )
     assert option(api["command"], "--port") == API_PORT
     assert api["environment"]["LATENTWATCH_HEALTHCHECK_URL"] == (
@@ -289,3 +289,14 @@ def test_services_share_one_database_url(compose: dict[str, Any]) -> None:
     }
     assert len(set(urls.values())) == 1
     assert next(iter(urls.values())).startswith("postgresql+psycopg://latentwatch:")
+
+
+def test_the_api_listening_beyond_loopback_is_given_a_required_token(
+    compose: dict[str, Any],
+) -> None:
+    """`latentwatch api` refuses to serve on 0.0.0.0 without a token: compose must pass one,
+    and refuse to start without it (like the passwords)."""
+    api = services(compose)["api"]
+    assert option(api["command"], "--host") == "0.0.0.0"
+    assert "--token" not in api["command"]  # it would show in ps
+    assert api["environment"]["LATENTWATCH_API_TOKEN"].startswith("${LATENTWATCH_API_TOKEN:?")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -20,9 +23,24 @@ def registry() -> CollectorRegistry:
     return CollectorRegistry()
 
 
+class Clock:
+    """A clock the test moves (the drift window's time)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
-def metrics(registry: CollectorRegistry) -> StreamMetrics:
-    m = StreamMetrics(registry, topics=[TOPIC], drift_window_size=100)
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def metrics(registry: CollectorRegistry, clock: Clock) -> StreamMetrics:
+    m = StreamMetrics(registry, topics=[TOPIC], drift_window_s=60.0, clock=clock)
     m.set_model("v1abc", "schema9", "2026-11-01T00:00:00Z", 0.01, [0.5, 0.3, 0.2])
     return m
 
@@ -197,33 +215,110 @@ def test_persisted_latency_and_newest_event_time(
     assert value(registry, last, topic=TOPIC) == now - 0.003  # never moves back
 
 
-def test_batch_done_and_idle_advance_the_last_batch_time(
-    registry: CollectorRegistry, metrics: StreamMetrics
+def test_the_last_batch_time_starts_at_the_start_and_follows_committed_batches(
+    registry: CollectorRegistry,
 ) -> None:
-    metrics.batch_done(0.02, now_s=1000.0)
-    assert value(registry, "latentwatch_last_batch_timestamp_seconds") == 1000.0
+    before = time.time()
+    metrics = StreamMetrics(registry)
+    started = value(registry, "latentwatch_last_batch_timestamp_seconds")
+    assert started is not None and before <= started <= time.time()  # not 1970: not 56 years
+    metrics.batch_done(0.02, now_s=started + 10)
+    assert value(registry, "latentwatch_last_batch_timestamp_seconds") == started + 10
     assert value(registry, "latentwatch_batch_duration_seconds_count") == 1
     assert value(registry, "latentwatch_batch_duration_seconds_bucket", le="0.025") == 1
     assert value(registry, "latentwatch_batch_duration_seconds_bucket", le="0.01") == 0
-    metrics.idle(now_s=1010.0)
-    assert value(registry, "latentwatch_last_batch_timestamp_seconds") == 1010.0
-    assert value(registry, "latentwatch_batch_duration_seconds_count") == 1
 
 
 def test_lag_series_follow_the_assignment(
     registry: CollectorRegistry, metrics: StreamMetrics
 ) -> None:
-    metrics.set_lags({(TOPIC, 0): 120, (TOPIC, 3): 7})
+    metrics.set_lags({(TOPIC, 0): 120, (TOPIC, 3): 7}, {(TOPIC, 0): 4.5})
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") == 7
+    assert value(registry, "latentwatch_consumer_lag_seconds", topic=TOPIC, partition="0") == 4.5
+    assert value(registry, "latentwatch_consumer_lag_seconds", topic=TOPIC, partition="3") == 0
     metrics.rebalance()
     assert value(registry, "latentwatch_rebalances_total") == 1
     # after the rebalance this member owns 1 and 3: partition 0 must not keep a frozen series
-    metrics.set_lags({(TOPIC, 1): 4, (TOPIC, 3): 9})
-    assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="0") is None
+    metrics.set_lags({(TOPIC, 1): 4, (TOPIC, 3): 9}, {(TOPIC, 1): 2.0})
+    for name in ("latentwatch_consumer_lag", "latentwatch_consumer_lag_seconds"):
+        assert value(registry, name, topic=TOPIC, partition="0") is None
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="1") == 4
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") == 9
-    metrics.set_lags({})  # every partition revoked
+    metrics.set_lags({}, {})  # every partition revoked
     assert value(registry, "latentwatch_consumer_lag", topic=TOPIC, partition="3") is None
+    assert value(registry, "latentwatch_consumer_lag_seconds", topic=TOPIC, partition="1") is None
+
+
+def test_stuck_operations_readiness_and_lookup_errors(
+    registry: CollectorRegistry, metrics: StreamMetrics
+) -> None:
+    assert value(registry, "latentwatch_ready") == 0  # not consuming yet
+    metrics.set_ready(True)
+    assert value(registry, "latentwatch_ready") == 1
+    metrics.set_stuck("db_write", 12.5)
+    assert value(registry, "latentwatch_operation_stuck_seconds", operation="db_write") == 12.5
+    metrics.lag_lookup_error()
+    assert value(registry, "latentwatch_lag_lookup_errors_total") == 1
+
+
+def test_histograms_cover_incident_ranges(
+    registry: CollectorRegistry, metrics: StreamMetrics
+) -> None:
+    """Scores of tens of thousands of nats and latencies of minutes land in finite buckets, so
+    a p99 during an incident reads the value, not the old top bound (5000 nats, 60 s)."""
+    n = 4
+    metrics.record_scores(
+        TOPIC,
+        score=np.array([75_829.0, 7000.0, 10.0, 90_000.0]),
+        flagged=np.ones(n, dtype=bool),
+        severity=np.full(n, 99.0),
+        density=np.array([60_000.0, 1.0, 1.0, 1.0]),
+        reconstruction=np.array([15_829.0, 1.0, 1.0, 1.0]),
+        clusters=np.zeros(n, dtype=int),
+        p_values=np.full(n, 1e-6),
+    )
+    score = "latentwatch_score_nats_bucket"
+    assert value(registry, score, le="5000.0") == 1
+    assert value(registry, score, le="10000.0") == 2
+    assert value(registry, score, le="50000.0") == 2
+    assert value(registry, score, le="100000.0") == 4
+    assert value(registry, "latentwatch_latent_density_nats_bucket", le="100000.0") == 4
+    assert value(registry, "latentwatch_reconstruction_nats_bucket", le="20000.0") == 4
+    now = 1_800_000_000.0
+    metrics.record_persisted(TOPIC, np.array([now - 11 * 60, now - 59 * 60, now - 0.01]), now)
+    latency = "latentwatch_end_to_end_latency_seconds_bucket"
+    assert value(registry, latency, le="60.0") == 1
+    assert value(registry, latency, le="1200.0") == 2
+    assert value(registry, latency, le="3600.0") == 3
+    metrics.batch_done(11 * 60, now_s=now)
+    assert value(registry, "latentwatch_batch_duration_seconds_bucket", le="1200.0") == 1
+    assert value(registry, "latentwatch_batch_duration_seconds_bucket", le="600.0") == 0
+
+
+def test_process_and_platform_metrics_are_registered(
+    registry: CollectorRegistry, metrics: StreamMetrics
+) -> None:
+    """Restarts, memory and CPU can be watched (the collectors read /proc on Linux)."""
+    start = value(registry, "process_start_time_seconds")
+    assert start is not None and 0 < start <= time.time()
+    assert (value(registry, "process_resident_memory_bytes") or 0) > 0
+    assert value(registry, "process_cpu_seconds_total") is not None
+    names = {family.name for family in registry.collect()}
+    assert "python_info" in names
+
+
+def test_the_drift_window_is_in_time(
+    registry: CollectorRegistry, metrics: StreamMetrics, clock: Clock
+) -> None:
+    batch = scores(30, np.random.default_rng(5))
+    metrics.record_scores(TOPIC, **batch)
+    assert value(registry, "latentwatch_drift_window_records") == 30
+    clock.now += 30
+    metrics.record_scores(TOPIC, **batch)
+    assert value(registry, "latentwatch_drift_window_records") == 60
+    clock.now += 31  # the first batch is now 61 s old: out of the 60 s window
+    metrics.record_scores(TOPIC, **batch)
+    assert value(registry, "latentwatch_drift_window_records") == 60
 
 
 def test_error_counters(registry: CollectorRegistry, metrics: StreamMetrics) -> None:
@@ -236,6 +331,30 @@ def test_error_counters(registry: CollectorRegistry, metrics: StreamMetrics) -> 
     assert value(registry, "latentwatch_db_write_retries_total") == 2
     assert value(registry, "latentwatch_deadletter_errors_total") == 1
     assert value(registry, "latentwatch_commit_failures_total") == 1
+
+
+def test_serve_metrics_with_probes(registry: CollectorRegistry, metrics: StreamMetrics) -> None:
+    state = {"ready": False}
+    probes = {
+        "/ready": lambda: (state["ready"], {"why": "not in the group"}),
+        "/health": lambda: (True, {}),
+    }
+    server = serve_metrics(registry, port=0, probes=probes)
+    try:
+        base = server.base_url
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/ready", timeout=5)
+        assert refused.value.code == 503
+        assert json.loads(refused.value.read()) == {"ok": False, "why": "not in the group"}
+        state["ready"] = True
+        with urllib.request.urlopen(f"{base}/ready", timeout=5) as response:
+            assert json.loads(response.read())["ok"] is True
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(server.url, timeout=5) as response:
+            assert "latentwatch_ready" in response.read().decode()
+    finally:
+        server.close()
 
 
 def test_serve_metrics_on_a_free_port(registry: CollectorRegistry, metrics: StreamMetrics) -> None:

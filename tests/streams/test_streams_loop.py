@@ -62,9 +62,6 @@ class FakeSource:
         self.committed.append(dict(offsets))
         return self.accept_commits
 
-    def lag(self) -> dict[tuple[str, int], int]:
-        return {("t", 0): 0}
-
 
 class FakeSink:
     def __init__(
