@@ -34,6 +34,8 @@ test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[bench]"
+	$(BIN)/python bench/datasets.py
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/scoring.py
 

@@ -31,14 +31,17 @@ from detector.detector import Detector, DetectorConfig, FitReport, LatentMap
 from detector.errors import ArtifactError, os_error_reason
 from detector.mixture import ReferenceMixture
 from detector.schema import Schema
-from detector.scoring import Calibrations
+from detector.scoring import LEGACY_RULE, Calibrations
 from detector.training import TrainingConfig, TrainingSummary
 from detector.vae import VAE, VAEConfig
 
 FORMAT = "latentwatch-model"
 # 2: calibrations record their tail_points (the predictive tail, detector/calibration.py);
 # format 1 models still load and keep the plain exponential tail they were calibrated with.
-FORMAT_VERSION = 2
+# 3: score rule 3 (detector/scoring.py): categorical fields priced by the decoder's softmax,
+# resolution-step variance floors, the two terms' surprises added; fields carry their step.
+# Format 1 and 2 models keep rule 2, the one their calibration was computed with.
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
 ARRAYS = "arrays.safetensors"
@@ -112,6 +115,7 @@ def _model_content(detector: Detector) -> dict[str, Any]:
             "fpr": cals.fpr,
         },
         "mixture": {"n_components": detector.mixture.n_components},
+        "score_rule": detector.score_rule,
         "latent_map": _latent_map_summary(detector),
     }
 
@@ -231,6 +235,7 @@ def _rebuild(
     vae.eval()
     cal_meta = manifest["calibration"]
     predictive_tail = manifest["format_version"] >= 2
+    rule = int(manifest.get("score_rule", LEGACY_RULE))  # models before format 3: rule 2
 
     def calibration(name: str) -> Calibration:
         meta = cal_meta[name]
@@ -272,4 +277,5 @@ def _rebuild(
         config=config,
         report=report,
         version=str(manifest["version"]),
+        score_rule=rule,
     )

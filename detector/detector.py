@@ -20,9 +20,11 @@ from detector.errors import DataError
 from detector.mixture import ReferenceMixture, fit_mixture
 from detector.schema import Columns, Schema, SchemaOptions, infer_schema
 from detector.scoring import (
+    SCORE_RULE,
     Calibrations,
     ScoreBatch,
     calibrated,
+    combine,
     field_contributions,
     residual_variances,
 )
@@ -83,6 +85,8 @@ class Detector:
     config: DetectorConfig
     report: FitReport
     version: str = ""  # content-hash id, set when the model is saved or loaded
+    # How outputs become nats (detector.scoring): a loaded model keeps the rule of its format.
+    score_rule: int = SCORE_RULE
 
     @classmethod
     def fit(
@@ -106,9 +110,16 @@ class Detector:
         hold, fit = order[:n_hold], order[n_hold:]
 
         vae_config = VAEConfig.for_features(len(schema.fields), schema.width)
-        vae, summary = train_vae(vae_config, rows[fit], rows[hold], config.training, progress)
+        vae, summary = train_vae(
+            vae_config,
+            rows[fit],
+            rows[hold],
+            config.training,
+            progress,
+            categorical=schema.categorical_slices,
+        )
         latent, recon = _forward(vae, rows)
-        variances = residual_variances(rows[fit], recon[fit], rows[hold], recon[hold])
+        variances = residual_variances(rows[fit], recon[fit], rows[hold], recon[hold], schema)
         mixture = fit_mixture(latent[fit], config.max_components, config.training.seed)
         _, nearest, _ = mixture.assess(latent[fit])
         shares = np.bincount(nearest, minlength=mixture.n_components) / len(nearest)
@@ -116,7 +127,7 @@ class Detector:
         density, _, _ = mixture.assess(latent[hold])
         contrib = field_contributions(schema, rows[hold], recon[hold], variances, missing[hold])
         reconstruction = contrib.sum(axis=1)
-        score_cal = fit_calibration(density + reconstruction)
+        score_cal = fit_calibration(combine(density, reconstruction))
         calibrations = Calibrations(
             density=fit_calibration(density),
             reconstruction=fit_calibration(reconstruction),
@@ -167,7 +178,9 @@ class Detector:
         missing = batch.missing if every_row else batch.missing[ok]
         latent, recon = _forward(self.vae, rows)
         density, cluster, distance = self.mixture.assess(latent)
-        contrib = field_contributions(self.schema, rows, recon, self.variances, missing)
+        contrib = field_contributions(
+            self.schema, rows, recon, self.variances, missing, rule=self.score_rule
+        )
         reconstruction = contrib.sum(axis=1)
         cal = calibrated(self.calibrations, density, reconstruction)
 

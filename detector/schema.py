@@ -29,6 +29,8 @@ _RANGE_TO_SIGMA = 4.6527  # width of the central 98 % of a standard normal
 # Categorical values seen in fewer than this share of rows go to the "other" bucket.
 _MIN_CATEGORY_SHARE = 0.01
 _MAX_CATEGORIES = 32
+# A numeric field with at most this many distinct values has a resolution step (see _step).
+_MAX_STEP_VALUES = 64
 # A string field with more distinct values than this share of rows is an identifier, not a feature.
 _MAX_DISTINCT_SHARE = 0.5
 
@@ -59,6 +61,9 @@ class FieldSpec:
     categories: tuple[str, ...] = ()
     category_shares: tuple[float, ...] = ()
     missing_rate: float = 0.0
+    # The smallest gap between two distinct reference values, in the field's units (0: none
+    # or continuous): integer codes, counts and 0/1 flags cannot be reconstructed more finely.
+    step: float = 0.0
 
     @property
     def width(self) -> int:
@@ -119,6 +124,38 @@ class Schema:
         centers = np.array([f.center for f in self.fields], dtype=np.float64)
         return centers, np.array([f.scale for f in self.fields], dtype=np.float64)
 
+    @cached_property
+    def categorical_slices(self) -> tuple[slice, ...]:
+        """The encoded columns of each categorical field (their one-hot blocks)."""
+        return tuple(
+            s
+            for f, s in zip(self.fields, self.slices, strict=True)
+            if f.kind is FieldKind.CATEGORICAL
+        )
+
+    @cached_property
+    def gaussian_columns(self) -> np.ndarray:
+        """Encoded columns priced by a Gaussian residual: numbers and booleans."""
+        return np.array(
+            [
+                s.start
+                for f, s in zip(self.fields, self.slices, strict=True)
+                if f.kind is not FieldKind.CATEGORICAL
+            ],
+            dtype=np.intp,
+        )
+
+    def column_steps(self) -> np.ndarray:
+        """Per encoded column, the resolution step in encoded units (0 for none): a number's
+        step over its scale, a boolean's 1, nothing for one-hot columns."""
+        out = np.zeros(self.width)
+        for f, s in zip(self.fields, self.slices, strict=True):
+            if f.kind is FieldKind.NUMERIC:
+                out[s.start] = f.step / f.scale
+            elif f.kind is FieldKind.BOOLEAN:
+                out[s.start] = f.step
+        return out
+
     def missing_probabilities(self) -> np.ndarray:
         """Per field, the smoothed probability of a missing value in reference data: a field
         never missing in n rows gets 1/(n+2), so a missing value there costs about log(n) nats."""
@@ -146,6 +183,7 @@ class Schema:
                 categories=tuple(f["categories"]),
                 category_shares=tuple(float(x) for x in f["category_shares"]),
                 missing_rate=float(f["missing_rate"]),
+                step=float(f.get("step", 0.0)),
             )
             for f in data["fields"]
         )
@@ -163,13 +201,33 @@ def _is_missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and not math.isfinite(value))
 
 
+def _step(arr: np.ndarray) -> float:
+    """The smallest gap between distinct values when there are few of them (codes, counts,
+    flags), else 0: a continuous field has no resolution limit worth pricing."""
+    distinct = np.unique(arr)
+    if len(distinct) < 2 or len(distinct) > _MAX_STEP_VALUES:
+        return 0.0
+    return float(np.diff(distinct).min())
+
+
 def _numeric_field(name: str, arr: np.ndarray, missing_rate: float) -> FieldSpec:
-    lo, med, hi = np.percentile(arr, [_LOW_Q, 50.0, _HIGH_Q])
+    lo, center, hi = np.percentile(arr, [_LOW_Q, 50.0, _HIGH_Q])
     scale = (hi - lo) / _RANGE_TO_SIGMA
     if not scale > 0:
-        scale = float(arr.std()) or 1.0  # near-constant field: any change is news
+        scale = float(arr.std())
+    step = _step(arr)
+    # never finer than the field's step: a rare 0/1 code has a 1-99 % range near zero, and one
+    # unit would otherwise sit hundreds of "sigmas" out, clipped
+    scale = max(scale, step)
+    if not scale > 0:
+        scale = 1.0  # a constant field: any change is news
     return FieldSpec(
-        name, FieldKind.NUMERIC, center=float(med), scale=float(scale), missing_rate=missing_rate
+        name,
+        FieldKind.NUMERIC,
+        center=float(center),
+        scale=float(scale),
+        missing_rate=missing_rate,
+        step=step,
     )
 
 
@@ -188,7 +246,9 @@ def _infer_field(name: str, values: Column) -> FieldSpec | str:  # noqa: PLR0911
     kinds = set(map(type, present))
     if kinds == {bool}:
         share_true = sum(v is True for v in present) / len(present)
-        return FieldSpec(name, FieldKind.BOOLEAN, center=share_true, missing_rate=missing_rate)
+        return FieldSpec(
+            name, FieldKind.BOOLEAN, center=share_true, missing_rate=missing_rate, step=1.0
+        )
     if kinds <= {int, float}:
         return _numeric_field(name, np.asarray(present, dtype=np.float64), missing_rate)
     if kinds <= {str, int}:

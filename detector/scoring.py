@@ -6,9 +6,12 @@ log-likelihood units) so that they add up::
     score = density + reconstruction
 
 * ``density`` is -log p(z) of the record's latent code under the reference mixture;
-* ``reconstruction`` is -log p(x | z) under a Gaussian decoder with per-column variances learnt
-  on normal data, plus -log of the reference probability of each field's missingness, up to a
-  constant. Its per-field terms are the explanation.
+* ``reconstruction`` is -log p(x | z): for numbers and booleans a Gaussian residual with
+  per-column variances learnt on normal data, for a category -log of the decoder's softmax
+  probability of its value, plus -log of the reference probability of each field's
+  missingness, up to a constant. Its per-field terms are the explanation.
+
+Models saved before format 3 keep score rule 2 (below).
 """
 
 from __future__ import annotations
@@ -59,21 +62,47 @@ class ScoreBatch:
         return len(self.score)
 
 
+# Score rules: how a model turns its network's outputs into nats. A model keeps the rule it was
+# calibrated with (the model format says which), so an older model scores as it always did.
+# 2: every encoded column a Gaussian residual (one-hot columns too), imputed values' residuals
+#    counted.
+# 3: numbers and booleans Gaussian residuals with a variance no finer than the field's
+#    resolution step; a categorical field -log softmax(decoder logits)[value]; a missing value
+#    priced by its missingness alone.
+LEGACY_RULE = 2
+SCORE_RULE = 3
+
+
 def residual_variances(
     fit_rows: np.ndarray,
     fit_reconstruction: np.ndarray,
     holdout_rows: np.ndarray,
     holdout_reconstruction: np.ndarray,
+    schema: Schema | None = None,
 ) -> np.ndarray:
     """Per-column residual variances of normal rows, floored.
 
     The shape across columns comes from the (many) rows the VAE was fitted on; one scale factor
     from the held-out rows corrects for the fit being optimistic about its own rows, so that a
     held-out normal record costs about half a nat per column, as a calibrated Gaussian would.
+    With a ``schema`` (rule 3) only the Gaussian columns are estimated (one-hot columns get 1,
+    unused), each floored at its resolution step's variance (step^2 / 12, a uniform rounding
+    error): a near-constant 0/1 column is not a near-infinitely precise one.
     """
-    shape = np.maximum(np.mean((fit_reconstruction - fit_rows) ** 2, axis=0), MIN_RESIDUAL_VARIANCE)
-    held_out = np.mean((holdout_reconstruction - holdout_rows) ** 2 / shape)
-    return shape * max(float(held_out), 1.0)
+    residual = np.mean((fit_reconstruction - fit_rows) ** 2, axis=0)
+    floor = np.full(residual.shape, MIN_RESIDUAL_VARIANCE)
+    if schema is not None:
+        floor = np.maximum(floor, schema.column_steps() ** 2 / 12.0)
+    shape = np.maximum(residual, floor)
+    cols = slice(None) if schema is None else schema.gaussian_columns
+    held = (holdout_reconstruction - holdout_rows)[:, cols] ** 2 / shape[cols]
+    held_out = float(np.mean(held)) if held.size else 1.0
+    out = shape * max(held_out, 1.0)
+    if schema is not None:
+        gaussian = np.zeros(len(out), dtype=bool)
+        gaussian[cols] = True
+        out[~gaussian] = 1.0
+    return out
 
 
 def field_contributions(
@@ -82,20 +111,34 @@ def field_contributions(
     reconstruction: np.ndarray,
     variances: np.ndarray,
     missing: np.ndarray,
+    *,
+    rule: int = SCORE_RULE,
 ) -> np.ndarray:
     """Per-field reconstruction negative log-likelihood in nats, [n, n_fields]."""
     # 0.5 * (reconstruction - matrix) ** 2 / variances, in place: the same operations in the
     # same order (the same bits), without four temporary matrices.
     per_column = reconstruction.astype(np.float64)
+    if rule >= SCORE_RULE and schema.categorical_slices:
+        logits = per_column.copy()
     per_column -= matrix
     np.square(per_column, out=per_column)
     per_column *= 0.5
     per_column /= variances
+    if rule >= SCORE_RULE:
+        for cols in schema.categorical_slices:
+            block = logits[:, cols]
+            top = block.max(axis=1, keepdims=True)
+            log_norm = top[:, 0] + np.log(np.exp(block - top).sum(axis=1))
+            observed = (block * matrix[:, cols]).sum(axis=1)  # one-hot (or shares if missing)
+            per_column[:, cols] = 0.0
+            per_column[:, cols.start] = log_norm - observed
     if schema.width == len(schema.fields):  # one column per field: nothing to add up
         per_field = per_column
     else:
         starts = np.array([s.start for s in schema.slices], dtype=np.intp)
         per_field = np.add.reduceat(per_column, starts, axis=1)
+    if rule >= SCORE_RULE and missing.any():
+        per_field[missing] = 0.0  # an imputed value says nothing: its missingness is priced
     q = schema.missing_probabilities()
     per_field += np.where(missing, -np.log(q), -np.log1p(-q))
     return per_field

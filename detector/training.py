@@ -56,11 +56,17 @@ class TrainingSummary:
 ProgressCallback = Callable[[EpochReport], None]
 
 
-def _validation_loss(model: VAE, x: torch.Tensor, beta: float, generator: torch.Generator) -> float:
+def _validation_loss(
+    model: VAE,
+    x: torch.Tensor,
+    beta: float,
+    generator: torch.Generator,
+    categorical: tuple[slice, ...],
+) -> float:
     model.eval()
     with torch.no_grad():
         x_hat, mean, logvar = model(x, generator)
-        return float(vae_loss(x, x_hat, mean, logvar, beta).mean())
+        return float(vae_loss(x, x_hat, mean, logvar, beta, categorical=categorical).mean())
 
 
 def train_vae(
@@ -69,8 +75,11 @@ def train_vae(
     validation_rows: np.ndarray,
     training: TrainingConfig,
     progress: ProgressCallback | None = None,
+    *,
+    categorical: tuple[slice, ...] = (),
 ) -> tuple[VAE, TrainingSummary]:
-    """Fit a VAE on encoded normal rows; return the weights of the best validation epoch."""
+    """Fit a VAE on encoded normal rows; return the weights of the best validation epoch.
+    ``categorical`` are the one-hot blocks the decoder gives logits for."""
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(training.seed)
@@ -80,7 +89,6 @@ def train_vae(
     x_valid = torch.from_numpy(np.ascontiguousarray(validation_rows, dtype=np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
     batch = training.batch_size_for(len(x_train))
-
     best_loss, best_epoch, best_state = float("inf"), 0, copy.deepcopy(model.state_dict())
     steps = epoch = 0
     while steps < training.max_steps:
@@ -91,13 +99,13 @@ def train_vae(
         for i in range(0, len(x_train), batch):
             xb = x_train[order[i : i + batch]]
             x_hat, mean, logvar = model(xb, generator)
-            loss = vae_loss(xb, x_hat, mean, logvar, training.beta).mean()
+            loss = vae_loss(xb, x_hat, mean, logvar, training.beta, categorical=categorical).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(xb)
             steps += 1
-        valid_loss = _validation_loss(model, x_valid, training.beta, generator)
+        valid_loss = _validation_loss(model, x_valid, training.beta, generator, categorical)
         if progress is not None:
             progress(
                 EpochReport(

@@ -69,10 +69,28 @@ class VAE(nn.Module):
 
 
 def vae_loss(
-    x: torch.Tensor, x_hat: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor, beta: float
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    mean: torch.Tensor,
+    logvar: torch.Tensor,
+    beta: float,
+    *,
+    categorical: tuple[slice, ...] = (),
 ) -> torch.Tensor:
-    """Per-row negative beta-ELBO with a unit-variance Gaussian decoder (squared error) and a
-    standard-normal prior; ``beta`` < 1 keeps more of the data's geometry in the latent space."""
-    reconstruction = (x_hat - x).pow(2).sum(dim=1)
+    """Per-row negative beta-ELBO with a standard-normal prior; ``beta`` < 1 keeps more of the
+    data's geometry in the latent space. The decoder is a unit-variance Gaussian (squared error)
+    for every column, except the one-hot blocks of ``categorical`` fields: there its outputs are
+    logits and the loss is the cross-entropy of the field's value."""
+    squared = (x_hat - x).pow(2)
+    if categorical:
+        gaussian = torch.ones(x.shape[1], dtype=torch.bool)
+        entropy = torch.zeros(len(x), dtype=x.dtype)
+        for cols in categorical:
+            gaussian[cols] = False
+            logits = x_hat[:, cols]
+            entropy = entropy + torch.logsumexp(logits, dim=1) - (logits * x[:, cols]).sum(dim=1)
+        reconstruction = squared[:, gaussian].sum(dim=1) + entropy
+    else:
+        reconstruction = squared.sum(dim=1)
     kl = -0.5 * (1.0 + logvar - mean.pow(2) - logvar.exp()).sum(dim=1)
     return reconstruction + beta * kl

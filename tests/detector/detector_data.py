@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.datasets import load_breast_cancer
 
 from detector.detector import Detector, DetectorConfig
 from detector.training import TrainingConfig
@@ -66,3 +67,30 @@ class Variant:
 
 # variant name -> the fixture (in conftest.py) that builds it
 VARIANT_FIXTURES = {"numeric-real-data": "numeric_variant", "mixed-records": "mixed_variant"}
+
+
+def cancer_records() -> tuple[list[dict[str, object]], np.ndarray]:
+    """scikit-learn's bundled breast-cancer set as records of mixed types (a real set that needs
+    no download and no R): two measurements become string categories (terciles of the benign
+    range), one a boolean, and 5 % of three fields go missing. Labels: 1 = malignant."""
+    data = load_breast_cancer()
+    x, y = data.data, 1 - data.target
+    names = [str(n).replace(" ", "_") for n in data.feature_names]
+    benign = x[y == 0]
+    radius_cut = np.percentile(benign[:, 0], [33, 67])
+    texture_cut = np.percentile(benign[:, 1], [33, 67])
+    concave_median = float(np.median(benign[:, 6]))
+    rng = np.random.default_rng(5)
+    records: list[dict[str, object]] = []
+    for row in x:
+        rec: dict[str, object] = {n: float(v) for n, v in zip(names[2:], row[2:], strict=True)}
+        rec["radius_band"] = ("small", "medium", "large")[int(np.searchsorted(radius_cut, row[0]))]
+        rec["texture_band"] = ("smooth", "usual", "rough")[
+            int(np.searchsorted(texture_cut, row[1]))
+        ]
+        rec["concave"] = bool(row[6] > concave_median)
+        for field in ("mean_smoothness", "worst_symmetry", "texture_band"):
+            if rng.random() < 0.05:
+                rec[field] = None
+        records.append(rec)
+    return records, y

@@ -188,3 +188,29 @@ def test_save_replaces_an_older_model(
     model = _copy(saved, tmp_path)
     version = artifact.save(numeric_detector, model)
     assert artifact.load(model)[0].version == version
+
+
+FORMAT_2 = Path(__file__).parent / "fixtures" / "format-2"
+
+
+def test_a_format_2_model_scores_bit_identically_to_the_release_that_saved_it() -> None:
+    # fixtures/format-2 was saved, and its expected scores computed, by the code of format 2
+    # (mixed records: a category, a boolean, missing values, an unseen category)
+    model, manifest = artifact.load(FORMAT_2 / "model")
+    assert manifest["format_version"] == 2
+    assert model.score_rule == 2
+    records = json.loads((FORMAT_2 / "records.json").read_text())
+    expected = json.loads((FORMAT_2 / "expected.json").read_text())
+    scores = model.score_records(records)
+    for name, values in expected.items():
+        assert getattr(scores, name).tolist() == values, name
+
+
+def test_a_format_2_model_saved_again_keeps_its_score_rule(tmp_path: Path) -> None:
+    model, _ = artifact.load(FORMAT_2 / "model")
+    artifact.save(model, tmp_path / "again")
+    again, manifest = artifact.load(tmp_path / "again")
+    assert manifest["format_version"] == artifact.FORMAT_VERSION
+    assert again.score_rule == 2
+    records = json.loads((FORMAT_2 / "records.json").read_text())
+    assert np.array_equal(again.score_records(records).score, model.score_records(records).score)

@@ -18,7 +18,12 @@ from detector.calibration import (
 )
 from detector.mixture import ReferenceMixture, fit_mixture
 from detector.schema import SchemaOptions, infer_schema
-from detector.scoring import MIN_RESIDUAL_VARIANCE, field_contributions, residual_variances
+from detector.scoring import (
+    LEGACY_RULE,
+    MIN_RESIDUAL_VARIANCE,
+    field_contributions,
+    residual_variances,
+)
 
 
 def test_mixture_density_matches_scipy() -> None:
@@ -57,22 +62,75 @@ def test_nearest_cluster_is_the_closest_centre() -> None:
     assert distance.tolist() == pytest.approx([1.0, 1.0, 3.0])
 
 
-def test_field_contributions_sum_per_field_and_price_missingness() -> None:
-    schema = infer_schema(
-        {"x": [float(v) for v in range(100)], "c": ["a", "b"] * 50}, SchemaOptions()
+def _two_field_schema():  # type: ignore[no-untyped-def]
+    return infer_schema(
+        {"x": [float(v) for v in np.linspace(0, 99, 100) ** 1.5], "c": ["a", "b"] * 50},
+        SchemaOptions(),
     )
+
+
+def test_rule_2_prices_every_column_as_a_gaussian_residual() -> None:
+    schema = _two_field_schema()
     matrix = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     recon = np.array([[2.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
     variances = np.array([1.0, 0.5, 0.5, 1.0])
     missing = np.array([[False, False], [True, False]])
-    contrib = field_contributions(schema, matrix, recon, variances, missing)
+    contrib = field_contributions(schema, matrix, recon, variances, missing, rule=LEGACY_RULE)
     present = -math.log1p(-1 / 102)  # x and c were never missing in 100 rows
     assert contrib[0].tolist() == pytest.approx([0.5 * 4 + present, 0.5 * (2 + 2) + present])
     # a field never missing in 100 reference rows: missing costs log(102 / 1) nats
     assert contrib[1, 0] == pytest.approx(math.log(102))
 
 
-def test_residual_variances_are_floored_and_scaled_to_held_out_rows() -> None:
+def test_a_category_costs_minus_log_of_its_softmax_probability() -> None:
+    schema = _two_field_schema()  # c: one-hot over a, b and "other"
+    matrix = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # c = a; c = unseen value
+    logits = np.array([2.0, 1.0, 3.0])
+    recon = np.array([[0.0, *logits], [0.0, *logits]])
+    contrib = field_contributions(schema, matrix, recon, np.ones(4), np.zeros((2, 2), bool))
+    log_p = logits - np.log(np.exp(logits).sum())
+    present = -math.log1p(-1 / 102)
+    assert contrib[:, 1].tolist() == pytest.approx([-log_p[0] + present, -log_p[2] + present])
+    # the scale of the logits does not matter, only their differences
+    shifted = field_contributions(schema, matrix, recon + 100.0, np.ones(4), np.zeros((2, 2), bool))
+    assert shifted[:, 1] == pytest.approx(contrib[:, 1])
+
+
+def test_a_missing_value_is_priced_by_its_missingness_alone() -> None:
+    schema = _two_field_schema()
+    matrix = np.array([[0.0, 0.5, 0.5, 0.0]])  # both imputed
+    recon = np.array([[7.0, 5.0, -5.0, 0.0]])  # far from the imputed values
+    contrib = field_contributions(schema, matrix, recon, np.ones(4), np.ones((1, 2), bool))
+    assert contrib[0].tolist() == pytest.approx([math.log(102)] * 2)
+
+
+def test_a_near_constant_flag_is_not_an_infinitely_precise_column() -> None:
+    # a 0/1 code set in 1 % of rows, reconstructed perfectly: without a floor its residual
+    # variance is ~0 and a flip would cost thousands of nats
+    flag = [0.0] * 99 + [1.0]
+    schema = infer_schema({"flag": flag, "y": [float(v) for v in range(100)]}, SchemaOptions())
+    assert [f.step for f in schema.fields] == [1.0, 0.0]  # 100 distinct values: continuous
+    rows = np.zeros((50, 2))
+    variances = residual_variances(rows, rows, rows[:10], rows[:10], schema)
+    step = 1.0 / schema.fields[0].scale  # one unit of the code, in encoded units
+    assert variances[0] >= step**2 / 12
+    flipped = field_contributions(
+        schema, np.array([[step, 0.0]]), np.zeros((1, 2)), variances, np.zeros((1, 2), bool)
+    )
+    assert flipped[0, 0] <= 0.5 * 12 + 0.1  # a full step costs at most 6 nats
+
+
+def test_continuous_fields_have_no_step_and_booleans_a_step_of_one() -> None:
+    rng = np.random.default_rng(0)
+    schema = infer_schema(
+        {"x": rng.normal(size=90).tolist(), "b": [True, False] * 45, "k": [1.0, 3.0, 5.0] * 30},
+        SchemaOptions(),
+    )
+    assert [f.step for f in schema.fields] == [0.0, 1.0, 2.0]
+    assert schema.column_steps()[2] == pytest.approx(2.0 / schema.fields[2].scale)
+
+
+def test_rule_2_residual_variances_are_floored_and_scaled_to_held_out_rows() -> None:
     fit = np.zeros((4, 2))
     fit_recon = np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0], [0.0, -1.0]])
     assert residual_variances(fit, fit_recon, fit, fit_recon).tolist() == [
