@@ -344,9 +344,6 @@ def _kafka_options(values: list[str] | None) -> dict[str, object]:
 
 @app.command()
 def consume(
-    model: Annotated[
-        Path, typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory")
-    ],
     bootstrap: Annotated[
         str,
         typer.Option(envvar=_env("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
@@ -359,6 +356,20 @@ def consume(
         str,
         typer.Option(envvar=_env("DB"), metavar="URL", help="Database for flagged records"),
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=_env("MODEL"), metavar="DIR", help="Model directory (or --registry)"
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("REGISTRY"),
+            metavar="TOPIC",
+            help="Follow the model registry's live and shadow models of TOPIC (docs/lifecycle.md)",
+        ),
+    ] = None,
     group: Annotated[
         str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
     ] = "latentwatch",
@@ -476,6 +487,7 @@ def consume(
     _setup_logging(log_level)
     settings = ConsumeSettings(
         model=model,
+        registry=registry,
         bootstrap=bootstrap,
         topics=_split(topic),
         db=db,
