@@ -358,9 +358,7 @@ def consume(
     ],
     model: Annotated[
         Path | None,
-        typer.Option(
-            envvar=_env("MODEL"), metavar="DIR", help="Model directory (or --registry)"
-        ),
+        typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory (or --registry)"),
     ] = None,
     registry: Annotated[
         str | None,
