@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
+from databases import throwaway_databases
 from kafka import KafkaConsumer
 from machine import describe
 from sklearn.datasets import load_breast_cancer
@@ -51,7 +52,6 @@ from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
-from storage.database import throwaway_databases
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to

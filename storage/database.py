@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +20,9 @@ from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ACCEPTED_URLS = (
@@ -292,32 +290,3 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> None:
             f"run `latentwatch db upgrade --db URL` with this database's URL"
         )
     upgrade(engine)
-
-
-@contextmanager
-def throwaway_databases(server_url: str) -> Iterator[Callable[[str], str]]:
-    """A factory of new PostgreSQL databases on the server of ``server_url`` (whose user may
-    CREATE DATABASE), for the tests and the benchmarks: ``new(prefix)`` creates one named
-    ``<prefix>_<random>``, migrates it as `latentwatch db upgrade` would and returns its URL.
-    All are dropped on exit."""
-    admin = create_engine(
-        _parse_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )  # CREATE/DROP DATABASE cannot run in a transaction
-    created: list[str] = []
-
-    def new(prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
-        return url
-
-    try:
-        yield new
-    finally:
-        with admin.connect() as connection:
-            for name in created:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()

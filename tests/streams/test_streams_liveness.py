@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from cancer_model import Model
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
@@ -34,6 +33,7 @@ from streams.liveness import (
 )
 from streams.metrics import StreamMetrics
 from streams.offsets import KafkaOffsets
+from tests.support.cancer_model import Model
 
 LOGGER = "latentwatch.liveness"
 

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from confluent_kafka import Producer as ConfluentProducer
 from kafka import KafkaConsumer
-from stream_harness import (
+
+import streams.kafka
+from latentwatch.embedded import EmbeddedBroker
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     Outgoing,
     committed_offsets,
     encode,
@@ -26,10 +30,6 @@ from stream_harness import (
     thread_consumer,
     wait_until,
 )
-
-import streams.kafka
-from latentwatch.embedded import EmbeddedBroker
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

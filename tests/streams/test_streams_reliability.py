@@ -15,9 +15,14 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from cancer_model import Model
 from sqlalchemy.engine import make_url
-from stream_harness import (
+
+import streams.kafka
+from latentwatch.embedded import EmbeddedBroker, free_port
+from latentwatch.service import ConsumeSettings
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     TcpProxy,
     committed_offsets,
     encode,
@@ -30,11 +35,6 @@ from stream_harness import (
     thread_consumer,
     wait_until,
 )
-
-import streams.kafka
-from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import ConsumeSettings
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

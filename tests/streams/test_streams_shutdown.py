@@ -11,11 +11,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
-from stream_harness import (
+
+import latentwatch.service
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.service import SHUTDOWN_TIMEOUT_S, stop_on_signals
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     committed_offsets,
     encode,
     process_consumer,
@@ -23,11 +28,6 @@ from stream_harness import (
     settings,
     wait_until,
 )
-
-import latentwatch.service
-from latentwatch.embedded import EmbeddedBroker
-from latentwatch.service import SHUTDOWN_TIMEOUT_S, stop_on_signals
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 

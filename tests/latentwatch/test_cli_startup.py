@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from sqlalchemy.engine import make_url
 
 from latentwatch.embedded import free_port
 from latentwatch.service import ConsumeSettings, StartupTimeoutError, run_consumer
+from tests.support.cancer_model import Model
 
 
 def test_nothing_listening_on_the_kafka_port(

@@ -1,4 +1,4 @@
-"""The pieces of the end-to-end observability test (test_obs_prometheus_integration.py): small
+"""The pieces of the end-to-end observability test (test_deployment_prometheus.py): small
 models trained on real data, consumers in threads with their metrics on free loopback ports,
 producers (paced, continuous, with old timestamps), a database table lock, the PromQL of the
 dashboard and the rules with Grafana's variables filled in, and a test copy of the rules whose
@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
-from cancer_model import Model, Record
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
@@ -36,6 +35,7 @@ from latentwatch.service import BackgroundConsumer, ConsumeSettings
 from streams.kafka import make_producer
 from streams.liveness import LivenessSettings
 from streams.replay import replay_to
+from tests.support.cancer_model import Model, Record
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import orjson
 from confluent_kafka import Producer as ConfluentProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
 from latentwatch.service import BackgroundConsumer, ConsumeSettings
@@ -177,9 +177,13 @@ def encode(records: Sequence[dict[str, object]]) -> list[bytes]:
 
 
 def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
+    """The stored rows of ``topic``; none while the consumer has not created its schema (any
+    other error is raised, so a broken query never reads as "nothing stored")."""
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
+            if not inspect(connection).has_table("flagged_records"):
+                return []
             rows = connection.execute(
                 text(
                     "SELECT record_id, kafka_partition, kafka_offset, kafka_timestamp "
@@ -188,8 +192,6 @@ def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
                 {"topic": topic},
             )
             return [dict(r._mapping) for r in rows]
-    except Exception:  # no table yet: nothing stored
-        return []
     finally:
         engine.dispose()
 
