@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 
 app = typer.Typer(
     name="latentwatch",
@@ -97,20 +97,21 @@ def train(
         typer.echo(f"  column {name!r} not used: {why}", err=True)
 
 
-SCORE_COLUMNS = (
-    "score",
-    "severity",
-    "p_value",
-    "flagged",
-    "density",
-    "density_p_value",
-    "reconstruction",
-    "reconstruction_p_value",
-    "cluster",
-    "cluster_distance",
-    "top_features",
-    "reason",
+# The numeric columns of `latentwatch score`'s CSV, in order: a ScoreBatch field each, and the
+# type it is written as; the top features and the reject reason follow.
+_NUMBER_COLUMNS: tuple[tuple[str, type[float] | type[int]], ...] = (
+    ("score", float),
+    ("severity", float),
+    ("p_value", float),
+    ("flagged", int),
+    ("density", float),
+    ("density_p_value", float),
+    ("reconstruction", float),
+    ("reconstruction_p_value", float),
+    ("cluster", int),
+    ("cluster_distance", float),
 )
+SCORE_COLUMNS = (*(name for name, _ in _NUMBER_COLUMNS), "top_features", "reason")
 
 
 @app.command()
@@ -163,20 +164,8 @@ def score(
         for i in range(table.n_rows):
             ok = bool(scores.valid[i])
             row: list[Any] = [ids[i]] if ids is not None else []
-            row += [
-                float(scores.score[i]),
-                float(scores.severity[i]),
-                float(scores.p_value[i]),
-                int(scores.flagged[i]),
-                float(scores.density[i]),
-                float(scores.density_p_value[i]),
-                float(scores.reconstruction[i]),
-                float(scores.reconstruction_p_value[i]),
-                int(scores.cluster[i]),
-                float(scores.cluster_distance[i]),
-                ";".join(names[i]),
-                "" if ok else scores.reasons[i],
-            ]
+            row += [kind(getattr(scores, name)[i]) for name, kind in _NUMBER_COLUMNS]
+            row += [";".join(names[i]), "" if ok else scores.reasons[i]]
             yield ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
 
     header = ([schema.id_column] if schema.id_column else []) + list(SCORE_COLUMNS)

@@ -23,17 +23,17 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from common.errors import LatentwatchError
 from detector import artifact
 from detector.detector import Detector
-from detector.errors import LatentwatchError
 from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
+from storage.records import UnstorableRecordError
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
     LoopSettings,
     RunTotals,
     Unavailable,
-    UnstorableRecord,
 )
 from streams.kafka import (
     STARTUP_RETRY_INITIAL_S,
@@ -272,7 +272,7 @@ def _finish(sink: SqlSink, totals: RunTotals, elapsed_s: float) -> None:
     """Write the last stream counts (best effort: the loop has stopped) and say what was done."""
     try:
         sink.flush()
-    except (Unavailable, UnstorableRecord) as exc:
+    except (Unavailable, UnstorableRecordError) as exc:
         log.warning("stream counts of the last seconds not written: %s", exc)
     log.info(
         "stopped after %.1f s: %d consumed, %d flagged, %d rejected",

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from storage.models import (
     FeedbackLabel,
     FeedbackRow,

@@ -16,11 +16,10 @@ from operator import attrgetter
 from typing import Any, ClassVar
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Dialect, Table, delete, func, select
+from sqlalchemy import Dialect, Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import LatentwatchError
 from storage.database import JSONText, dumps_json
 from storage.models import (
     Base,
@@ -30,7 +29,7 @@ from storage.models import (
     ModelVersionRow,
     StreamCountRow,
 )
-from storage.records import FlaggedRecord, ModelVersion, StreamCount
+from storage.records import FlaggedRecord, ModelVersion, StreamCount, UnstorableRecordError
 
 # What a stored record holds: its fields, and the readable form of its key.
 _RECORD_FIELDS = (*(field.name for field in fields(FlaggedRecord)), "key_text")
@@ -48,15 +47,6 @@ _MAX_LENGTHS = {"topic": 255, "model_version": 64}
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _AGE_PATTERN = re.compile(r"([0-9]+)([smhdw])")
-
-
-class UnstorableRecordError(LatentwatchError, ValueError):
-    """A record (or model manifest) that no database would accept. Retrying cannot help: the
-    consumer should set ``record`` aside (dead letters) and write the rest of the batch."""
-
-    def __init__(self, message: str, record: FlaggedRecord | None = None) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 def write_flagged(
@@ -150,15 +140,6 @@ def _counts_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
     )
 
 
-def check_storable(records: Sequence[FlaggedRecord], models: Sequence[ModelVersion] = ()) -> None:
-    """Refuse, naming the culprit, what PostgreSQL would reject (and SQLite might store): JSON
-    that is not JSON (NaN, numpy scalars, objects), NUL characters, unpaired surrogates,
-    over-long names."""
-    for record in records:
-        _storable_json(record)
-    _check_models(models)
-
-
 def _check_models(models: Sequence[ModelVersion]) -> None:
     for model in models:
         if len(model.version) > _MAX_LENGTHS["model_version"]:
@@ -167,8 +148,10 @@ def _check_models(models: Sequence[ModelVersion]) -> None:
 
 
 def _storable_json(record: FlaggedRecord) -> tuple[JSONText, JSONText]:
-    """Check one record (see :func:`check_storable`) and return its explanation and original
-    record as the JSON text to store: written once, for the check and the database alike."""
+    """Refuse, naming the culprit, what PostgreSQL would reject in one record (and SQLite might
+    store): JSON that is not JSON (NaN, numpy scalars, objects), NUL characters, unpaired
+    surrogates, over-long names. Return its explanation and original record as the JSON text
+    to store: written once, for the check and the database alike."""
     for name, limit in _MAX_LENGTHS.items():
         if len(getattr(record, name)) > limit:
             message = f"{_where(record, name)} is longer than {limit} characters"
@@ -333,18 +316,6 @@ def prune_flagged(
     with session_factory.begin() as session:  # one row per topic and minute: small
         session.execute(delete(StreamCountRow).where(StreamCountRow.minute < older_than))
     return deleted
-
-
-def count_flagged(session_factory: sessionmaker[Session]) -> int:
-    with session_factory() as session:
-        return session.scalar(select(func.count()).select_from(FlaggedRecordRow)) or 0
-
-
-def list_model_versions(session_factory: sessionmaker[Session]) -> list[ModelVersionRow]:
-    """Every model version that has written to this database, oldest first."""
-    with session_factory() as session:
-        order = (ModelVersionRow.first_seen, ModelVersionRow.version)
-        return list(session.scalars(select(ModelVersionRow).order_by(*order)))
 
 
 def add_feedback(

@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 
 from detector.detector import Detector
-from storage.records import FlaggedRecord, StreamCount
+from storage.records import FlaggedRecord, StreamCount, UnstorableRecordError
 from streams.liveness import Progress
 from streams.messages import (
     SCORING_FAILED,
@@ -49,15 +49,6 @@ Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> next offset to 
 
 class Unavailable(Exception):  # noqa: N818  (a state, not a programming error)
     """A sink or the broker cannot be reached right now; retrying may help."""
-
-
-class UnstorableRecord(Exception):  # noqa: N818
-    """One record no database would store; it goes to dead letters, the rest are retried."""
-
-    def __init__(self, record: FlaggedRecord, detail: str) -> None:
-        super().__init__(detail)
-        self.record = record
-        self.detail = detail
 
 
 class Source(Protocol):
@@ -354,11 +345,14 @@ class ConsumerLoop:
                     on_error=self.metrics.db_write_error,
                     on_retry=self.metrics.db_write_retry,
                 )
-            except UnstorableRecord as exc:
-                pending = [r for r in pending if r is not exc.record]
-                position = (exc.record.topic, exc.record.partition, exc.record.offset)
+            except UnstorableRecordError as exc:
+                record = exc.record
+                if record is None:  # a model manifest: nothing a retry or a skip can fix
+                    raise
+                pending = [r for r in pending if r is not record]
+                position = (record.topic, record.partition, record.offset)
                 original = next(m for m in messages if (m.topic, m.partition, m.offset) == position)
-                unstorable.append(Rejection(original, UNSTORABLE, exc.detail))
+                unstorable.append(Rejection(original, UNSTORABLE, str(exc)))
             else:
                 return stored, unstorable
 

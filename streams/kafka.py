@@ -34,7 +34,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
 from streams.fetcher import skip_undecodable_batches
 from streams.messages import Message, Rejection, UndecodableBatch, timestamp_ms

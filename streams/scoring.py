@@ -1,6 +1,6 @@
 """One micro-batch of one topic: decode, validate, score in one call, and turn the flagged
-records into storage rows. Pure apart from the detector's forward pass; the consumer loop
-around it does the I/O."""
+records into storage rows. No I/O (the consumer loop around it does that); the one state it
+changes is the typed decoder's, which learns the extra fields of the batches it declined."""
 
 from __future__ import annotations
 

@@ -10,8 +10,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.records import FlaggedRecord, ModelVersion, StreamCount
-from storage.repository import UnstorableRecordError, write_flagged
-from streams.consumer import Unavailable, UnstorableRecord
+from storage.repository import write_flagged
+from streams.consumer import Unavailable
 
 # Stream counts wait at most this long for a batch with flagged records to ride along with;
 # then they are written on their own (one small transaction per interval, not per batch).
@@ -87,10 +87,6 @@ class SqlSink:
             self._counts, self._counts_since = [], None  # only once the transaction committed
             self._unavailable = False
             return stored
-        except UnstorableRecordError as exc:
-            if exc.record is None:  # the manifest itself: nothing a retry or a skip can fix
-                raise
-            raise UnstorableRecord(exc.record, str(exc)) from exc
         except (SQLAlchemyError, OSError) as exc:
             self._unavailable = True
             raise Unavailable(
