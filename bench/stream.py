@@ -51,10 +51,12 @@ from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
+from streams.settings import KafkaSettings, LoopSettings
 
 PARTITIONS = 4
 MAX_RECORDS = 2000
@@ -199,9 +201,9 @@ def consumer_processes(
                 "--model",
                 str(settings.model),
                 "--bootstrap",
-                settings.bootstrap,
+                settings.kafka.bootstrap,
                 "--topic",
-                settings.topics[0],
+                settings.kafka.topics[0],
                 "--db",
                 db,
                 "--group",
@@ -209,8 +211,8 @@ def consumer_processes(
                 "--metrics-port",
                 str(port),
                 "--max-records",
-                str(settings.max_records),
-                "--typed-decoding" if settings.typed_decoding else "--no-typed-decoding",
+                str(settings.loop.max_records),
+                "--typed-decoding" if settings.loop.typed_decoding else "--no-typed-decoding",
                 "--log-level",
                 "warning",
             ],
@@ -356,13 +358,12 @@ def main() -> None:
 
         settings = ConsumeSettings(
             model=workdir / "model",
-            bootstrap=broker.bootstrap,
-            topics=("bench",),
             db=database("e2e"),
-            group="bench-e2e",
+            kafka=KafkaSettings(broker.bootstrap, "bench-e2e", ("bench",)),
+            loop=LoopSettings(
+                max_records=args.max_records, typed_decoding=not args.no_typed_decoding
+            ),
             metrics_port=None,
-            max_records=args.max_records,
-            typed_decoding=not args.no_typed_decoding,
         )
         if spent is not None:
             raw = raw_ceiling(broker.bootstrap, "bench", args.records, args.max_records)

@@ -9,11 +9,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from common.errors import LatentwatchError
+from latentwatch.settings import METRICS_PORT, ConsumeSettings
+from streams.messages import DecodePolicy
+from streams.settings import IsolationLevel, KafkaSettings, LoopSettings
 
 app = typer.Typer(
     name="latentwatch",
@@ -349,7 +352,7 @@ def consume(
     ],
     group: Annotated[
         str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
-    ] = "latentwatch",
+    ] = KafkaSettings.group,
     deadletter_topic: Annotated[
         str | None,
         typer.Option(
@@ -363,24 +366,24 @@ def consume(
         typer.Option(
             envvar=_env("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
         ),
-    ] = "127.0.0.1",
+    ] = ConsumeSettings.metrics_host,
     metrics_port: Annotated[
         int,
         typer.Option(
             envvar=_env("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
         ),
-    ] = 9464,
+    ] = METRICS_PORT,
     max_records: Annotated[
         int,
         typer.Option(envvar=_env("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
-    ] = 2000,
+    ] = LoopSettings.max_records,
     typed_decoding: Annotated[
         bool,
         typer.Option(
             envvar=_env("TYPED_DECODING"),
             help="Decode batches of known fields straight into the model's columns (msgspec)",
         ),
-    ] = True,
+    ] = LoopSettings.typed_decoding,
     session_timeout_ms: Annotated[
         int,
         typer.Option(
@@ -388,7 +391,7 @@ def consume(
             metavar="MS",
             help="Consumer-group session: a member silent this long is replaced",
         ),
-    ] = 6000,
+    ] = KafkaSettings.session_timeout_ms,
     max_message_bytes: Annotated[
         int,
         typer.Option(
@@ -396,7 +399,7 @@ def consume(
             metavar="BYTES",
             help="Larger message values are dead-lettered as oversized",
         ),
-    ] = 1_048_576,
+    ] = DecodePolicy.max_bytes,
     explain_features: Annotated[
         int,
         typer.Option(
@@ -405,7 +408,7 @@ def consume(
             metavar="N",
             help="Features explained per flagged record, most surprising first; 0: all",
         ),
-    ] = 5,
+    ] = LoopSettings.explained_features,
     require: Annotated[
         list[str] | None,
         typer.Option(
@@ -421,13 +424,13 @@ def consume(
         ),
     ] = None,
     isolation_level: Annotated[
-        Literal["read_uncommitted", "read_committed"],
+        IsolationLevel,
         typer.Option(
             envvar=_env("ISOLATION_LEVEL"),
             help="read_committed: only records of committed transactions (transactional "
             "producers); read_uncommitted: every record, Kafka's default",
         ),
-    ] = "read_uncommitted",
+    ] = KafkaSettings.isolation_level,
     kafka_option: Annotated[
         list[str] | None,
         typer.Option(
@@ -445,7 +448,7 @@ def consume(
             help="How long to keep trying to reach the database and Kafka at start before "
             "exiting with an error; 0: keep trying",
         ),
-    ] = 0.0,
+    ] = ConsumeSettings.startup_timeout_s,
     log_level: Annotated[
         str,
         typer.Option(
@@ -459,27 +462,36 @@ def consume(
     Topics may be compressed with gzip, snappy, lz4 or zstd; keys may be binary. Every option
     can also come from its environment variable or a --config file (docs/streams.md).
     """
-    from latentwatch.service import ConsumeSettings, run_consumer
+    from latentwatch.service import run_consumer
 
     _setup_logging(log_level)
+    kafka = KafkaSettings(
+        bootstrap=bootstrap,
+        group=group,
+        topics=_split(topic),
+        session_timeout_ms=session_timeout_ms,
+        isolation_level=isolation_level,
+        extra=_kafka_options(kafka_option),
+    )
+    policy = DecodePolicy(
+        max_bytes=max_message_bytes,
+        required_fields=_split(require),
+        schema_versions=_split(schema_version),
+    )
+    loop = LoopSettings(
+        max_records=max_records,
+        policy=policy,
+        explained_features=explain_features,
+        typed_decoding=typed_decoding,
+    )
     settings = ConsumeSettings(
         model=model,
-        bootstrap=bootstrap,
-        topics=_split(topic),
         db=db,
-        group=group,
+        kafka=kafka,
+        loop=loop,
         deadletter_topic=deadletter_topic,
         metrics_host=metrics_host,
         metrics_port=None if metrics_port < 0 else metrics_port,
-        max_records=max_records,
-        typed_decoding=typed_decoding,
-        session_timeout_ms=session_timeout_ms,
-        max_message_bytes=max_message_bytes,
-        explained_features=explain_features,
-        required_fields=_split(require),
-        schema_versions=_split(schema_version),
-        kafka_options=_kafka_options(kafka_option),
-        isolation_level=isolation_level,
         startup_timeout_s=startup_timeout,
     )
     run_consumer(settings)

@@ -7,7 +7,6 @@ import json
 import re
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from common.errors import LatentwatchError
+from storage.settings import NO_TIMEOUTS, Timeouts
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ACCEPTED_URLS = (
@@ -49,26 +49,7 @@ class SchemaVersionError(LatentwatchError):
     """The database schema is not the one this version of latentwatch expects."""
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """How long one PostgreSQL statement may run, and wait for a lock, before it fails (None:
-    no limit, as for migrations, which may run long). The consumer sets both: a write that
-    fails is logged and retried with backoff, where a write without limits would hang, and
-    a shutdown behind it, for as long as a lock is held. (SQLite waits at most
-    ``SQLITE_BUSY_TIMEOUT_MS`` for a lock, always.)"""
-
-    statement_s: float | None = None
-    lock_s: float | None = None
-
-    def postgres_options(self) -> str:
-        """libpq's ``options``: server settings for each connection."""
-        limits = {"statement_timeout": self.statement_s, "lock_timeout": self.lock_s}
-        return " ".join(
-            f"-c {name}={round(s * 1000)}" for name, s in limits.items() if s is not None
-        )
-
-
-def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:
+def make_engine(url: str, timeouts: Timeouts = NO_TIMEOUTS) -> Engine:
     """An engine for a SQLite file or a PostgreSQL server, with the per-connection settings
     each needs. ``postgresql://`` is taken to mean the psycopg 3 driver. A URL's own
     settings win over ``timeouts`` (``?options=-c statement_timeout=60000``)."""

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Protocol, TypeVar
@@ -31,14 +31,14 @@ from streams.messages import (
     SCORING_FAILED,
     UNDECODABLE_BATCH,
     UNSTORABLE,
-    DecodePolicy,
     Message,
     Rejection,
     UndecodableBatch,
 )
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
-from streams.scoring import EXPLAINED_FEATURES, TopicBatch, score_messages
+from streams.scoring import TopicBatch, score_messages
+from streams.settings import LoopSettings
 from streams.typed import TypedDecoder
 
 log = logging.getLogger("latentwatch.consumer")
@@ -64,17 +64,6 @@ class FlaggedSink(Protocol):
 
 class DeadLetterSink(Protocol):
     def send(self, rejections: Sequence[Rejection]) -> None: ...  # returns once acknowledged
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    poll_timeout_s: float = 0.5
-    max_records: int = 2000
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 10.0
-    policy: DecodePolicy = field(default_factory=DecodePolicy)
-    explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
-    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,9 @@ from streams.messages import (
     decode_all,
     timestamp_ms,
 )
+from streams.settings import EXPLAINED_FEATURES
 from streams.typed import TypedDecoder
 
-EXPLAINED_FEATURES = 5
 # The scores a flagged record stores: the fields a FlaggedRecord shares with a ScoreBatch.
 _SCORE_FIELDS = tuple(
     f.name for f in fields(FlaggedRecord) if f.name in {g.name for g in fields(ScoreBatch)}

@@ -15,7 +15,6 @@ from kafka.errors import MessageSizeTooLargeError
 from latentwatch.embedded import EmbeddedBroker, free_port
 from streams.kafka import (
     DeadLetterProducer,
-    KafkaSettings,
     KafkaSettingsError,
     KafkaSource,
     check_options,
@@ -23,6 +22,7 @@ from streams.kafka import (
     options_for,
 )
 from streams.messages import PlainMessage, Rejection
+from streams.settings import KafkaSettings
 from tests.support.cancer_model import Model
 from tests.support.stream_harness import read_topic, settings, thread_consumer, wait_until
 

@@ -26,13 +26,13 @@ from storage.records import FlaggedRecord, StreamCount
 from streams.kafka import ensure_topics, make_producer
 from streams.liveness import (
     EndOffsetHistory,
-    LivenessSettings,
     Progress,
     Watchdog,
     seconds_behind,
 )
 from streams.metrics import StreamMetrics
 from streams.offsets import KafkaOffsets
+from streams.settings import LivenessSettings
 from tests.support.cancer_model import Model
 
 LOGGER = "latentwatch.liveness"

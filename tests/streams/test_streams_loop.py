@@ -18,12 +18,12 @@ from storage.records import FlaggedRecord, StreamCount, UnstorableRecordError
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
-    LoopSettings,
     Offsets,
     Unavailable,
 )
 from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
 from streams.metrics import StreamMetrics
+from streams.settings import LoopSettings
 from tests.support.cancer_model import Model
 
 FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)

@@ -114,7 +114,7 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_and_skipped(
         assert proc.poll() is None, log.read_text()[-3000:]
         wait_until(
             lambda: (
-                sum(committed_offsets(broker.bootstrap, s.group, topic).values())
+                sum(committed_offsets(broker.bootstrap, s.kafka.group, topic).values())
                 >= len(before) + len(zstd) + len(after) + len(other)
             ),
             30,
@@ -132,7 +132,7 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_and_skipped(
     assert proc.returncode == 0, text[-3000:]
     assert stopped_s < 10, f"SIGTERM took {stopped_s:.1f} s"
     assert {str(r["record_id"]) for r in stored_rows(db, topic)} == expected
-    committed = committed_offsets(broker.bootstrap, s.group, topic)
+    committed = committed_offsets(broker.bootstrap, s.kafka.group, topic)
     assert committed == {0: len(before) + len(zstd) + len(after), 1: len(other)}
 
     (letter,) = read_topic(broker.bootstrap, f"{topic}.deadletter", expected=1)

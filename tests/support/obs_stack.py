@@ -31,10 +31,11 @@ from sqlalchemy.pool import NullPool
 
 from detector import artifact
 from detector.calibration import threshold_for
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from streams.kafka import make_producer
-from streams.liveness import LivenessSettings
 from streams.replay import replay_to
+from streams.settings import KafkaSettings, LivenessSettings, LoopSettings
 from tests.support.cancer_model import Model, Record
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
@@ -63,15 +64,14 @@ def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> Consum
     """A consumer of ``topic`` with its metrics endpoint on a free loopback port."""
     return ConsumeSettings(
         model=model,
-        bootstrap=bootstrap,
-        topics=(topic,),
         db=db,
-        group=f"obs-{topic}",
+        kafka=KafkaSettings(
+            bootstrap, f"obs-{topic}", (topic,), session_timeout_ms=SESSION_TIMEOUT_MS
+        ),
+        # several batches per second of stream: the counters rise in steps
+        loop=LoopSettings(max_records=50, poll_timeout_s=0.2),
         metrics_host="127.0.0.1",
         metrics_port=0,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        max_records=50,  # several batches per second of stream: the counters rise in steps
-        poll_timeout_s=0.2,
         liveness=TEST_LIVENESS,
     )
 
