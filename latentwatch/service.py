@@ -300,8 +300,8 @@ def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLette
 def freeze_startup_heap() -> None:
     """Put everything alive before the loop starts (torch, the model, the clients) out of the
     cyclic garbage collector's reach. A batch's records live through a few young collections,
-    so full collections come every few batches; over the whole start-up heap each took
-    hundreds of milliseconds, about a fifth of the consumer's time (docs/benchmarks.md). Frozen
+    so full collections come every few batches, and each would walk the whole start-up heap
+    (torch's objects above all) for nothing. Frozen
     objects are still freed by reference counting; only cycles among them would never be."""
     gc.collect()
     gc.freeze()

@@ -107,7 +107,7 @@ def dumps_json(value: Any) -> JSONText:
 
 
 def _write_json(value: Any) -> str:
-    """The engine's JSON serializer: orjson, about ten times faster than json.dumps. Records
+    """The engine's JSON serializer: orjson, much faster than json.dumps. Records
     reach the engine through write_flagged, which binds the :class:`JSONText` its checks
     wrote (passed through here); anything else is encoded."""
     if type(value) is JSONText:

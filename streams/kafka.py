@@ -1,9 +1,9 @@
 """Kafka adapters (kafka-python): the consumer-group source, the dead-letter producer, topic
-creation. Settings follow ../shared/notes/infrastructure.md: manual commits, a 6 s session
-(group joins in ~3 s on Tansu, and it is Kafka's minimum), a short fetch wait for latency,
-fast reconnects, and a non-idempotent producer with retries (an idempotent one dies for good
-when a broker loses its state). Lag is not read here: the liveness watchdog looks it up with a
-client of its own (streams/offsets.py)."""
+creation. The settings (streams/settings.py): manual commits, a 6 s session (the brokers'
+default group.min.session.timeout.ms; a group join then takes ~3 s on Tansu), a short fetch
+wait for latency, fast reconnects, and a non-idempotent producer with retries (an idempotent
+one dies for good when a broker loses its state). Lag is not read here: the liveness watchdog
+looks it up with a client of its own (streams/offsets.py)."""
 
 from __future__ import annotations
 

@@ -50,8 +50,9 @@ _NON_FINITE_TOKEN = re.compile(rb"(?<![\"\w])-?(NaN|Infinity)(?![\"\w])")
 
 class Message(Protocol):
     """One consumed Kafka message. kafka-python's ``ConsumerRecord`` is one as it comes: the
-    consumer passes records through instead of copying each (the copy measured 7 % of the
-    consumer's time). ``timestamp`` is in ms since the epoch; see :func:`timestamp_ms`."""
+    consumer passes records through instead of copying each (a copy per message would be a
+    noticeable share of the consumer's time). ``timestamp`` is in ms since the epoch; see
+    :func:`timestamp_ms`."""
 
     @property
     def topic(self) -> str: ...

@@ -16,9 +16,8 @@ from streams.consumer import Unavailable
 # Stream counts wait at most this long for a batch with flagged records to ride along with;
 # then they are written on their own (one small transaction per interval, not per batch).
 COUNTS_INTERVAL_S = 10.0
-# How often a batch also upserts the model version (its manifest, ``last_seen``). With every
-# batch, re-sending and re-checking the ~10 kB manifest cost about 0.9 µs per consumed record
-# (bench/stream.py --stages: 4.9 -> 4.0 µs for the SQLite write stage).
+# How often a batch also upserts the model version (its manifest, ``last_seen``): re-sending
+# and re-checking the manifest (kilobytes) with every batch would be a large share of a write.
 MODEL_SEEN_INTERVAL_S = 60.0
 
 
