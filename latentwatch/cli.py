@@ -713,7 +713,7 @@ def evaluate(
 ) -> None:
     """Precision of the flags over the records users labelled as true/false alarms."""
     from storage.database import ensure_schema, make_engine, session_factory
-    from storage.queries import evaluate as evaluate_flags
+    from storage.evaluation import evaluate as evaluate_flags
 
     engine = make_engine(db)
     try:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.app import create_app
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory
-from storage.queries import evaluate
+from storage.evaluation import evaluate
 from storage.records import StreamCount
 from storage.repository import add_feedback, write_flagged
 from tests.support.api_client import local_client
