@@ -9,11 +9,23 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from common.errors import LatentwatchError
+from latentwatch.options import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    EXIT_USER_ERROR,
+    ConfigOption,
+    env_var,
+    error_line,
+    fail,
+    parse_kafka_options,
+    setup_logging,
+    split_values,
+)
 from latentwatch.settings import METRICS_PORT, ConsumeSettings
 from streams.messages import DecodePolicy
 from streams.settings import IsolationLevel, KafkaSettings, LoopSettings
@@ -26,21 +38,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: readable at 80 columns, nothing cut
     add_completion=False,
 )
-
-EXIT_USER_ERROR = 1
-EXIT_USAGE = 2  # click's code for a command line it cannot parse
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"latentwatch: error: {message}", err=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-def _split(values: list[str] | None) -> tuple[str, ...]:
-    """`--exclude a --exclude b` and `--exclude a,b` both work."""
-    return tuple(v for item in values or () for v in item.split(",") if v)
 
 
 @app.command()
@@ -83,7 +80,7 @@ def train(
 
     torch.set_num_threads(max(threads, 1))
     options = SchemaOptions(
-        id_column=id_column, timestamp_column=timestamp_column, exclude=_split(exclude)
+        id_column=id_column, timestamp_column=timestamp_column, exclude=split_values(exclude)
     )
     config = DetectorConfig(fpr=fpr, training=replace(TrainingConfig(), seed=seed))
     with training_progress(config.training.max_steps) as progress:
@@ -199,27 +196,6 @@ def inspect(
         typer.echo(model_summary(detector, manifest))
 
 
-def _error_line(exc: Exception) -> tuple[str, int] | None:
-    """What a user sees of an error they can act on (their input, their set-up, the file system,
-    the database), as a message and an exit code; None for a bug, which keeps its traceback."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    if isinstance(exc, LatentwatchError):
-        return str(exc), EXIT_USER_ERROR
-    if isinstance(exc, typer.TyperException):  # click's (vendored): `--fpr abc`, a missing option
-        ctx = getattr(exc, "ctx", None)  # usage errors know their command
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        return exc.format_message().rstrip(".") + hint, exc.exit_code
-    if isinstance(exc, typer.Abort):  # end of input at a prompt
-        return "aborted", EXIT_USER_ERROR
-    if isinstance(exc, OperationalError | InterfaceError):  # unreachable, cannot open, locked
-        return f"database unavailable: {exc.orig or exc}", EXIT_USER_ERROR
-    if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}", EXIT_USER_ERROR
-    return None
-
-
 def main() -> None:
     """Console entry point: a user error is one line on stderr and a non-zero exit, never a
     traceback (the one place where errors become that line)."""
@@ -233,7 +209,7 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(getattr(exc, "format_message", lambda: "")())
             sys.exit(EXIT_USAGE)
-        error = _error_line(exc)
+        error = error_line(exc)
         if error is None:
             raise
         message, code = error
@@ -244,119 +220,30 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _env(name: str) -> str:
-    return f"LATENTWATCH_{name}"
-
-
-def _setup_logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # kafka-python narrates every reconnect at INFO/WARNING; our own lines say what matters.
-    logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
-    logging.getLogger("alembic").setLevel(max(logging.getLogger().level, logging.WARNING))
-
-
-def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
-    """`--config FILE`: the command's options from the TOML table named after it (`[consume]`,
-    `[api]`, `[db.prune]`; names as on the command line, `-` or `_`). The command line and
-    `LATENTWATCH_*` variables win over the file, the file over the built-in defaults (click's
-    default map)."""
-    if value is None or ctx.resilient_parsing:
-        return value
-    import tomllib
-
-    try:
-        document = tomllib.loads(value.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot read config file {value}: {exc.strerror or exc}")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fail(f"config file {value} is not valid TOML: {exc}")
-    path = [ctx.info_name or ""]
-    if ctx.parent is not None and ctx.parent.parent is not None:  # a group's: [db.prune]
-        path.insert(0, ctx.parent.info_name or "")
-    command = ".".join(path)
-    section: Any = document
-    for name in path:
-        section = section.get(name) if isinstance(section, dict) else None
-    if not isinstance(section, dict):
-        fail(f"config file {value} has no [{command}] table")
-    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
-    defaults: dict[str, Any] = {}
-    for key, item in section.items():
-        name = key.replace("-", "_")
-        param = params.get(name)
-        if param is None:
-            known = ", ".join(sorted(n.replace("_", "-") for n in params))
-            fail(f"config file {value}: [{command}] has no setting {key!r} (known: {known})")
-        multiple = getattr(param, "multiple", False)
-        defaults[name] = [item] if multiple and not isinstance(item, list) else item
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar=_env("CONFIG"),
-        is_eager=True,
-        callback=_load_config,
-        help="TOML file with this command's options in a table named after it",
-    ),
-]
-
-
-def _kafka_options(values: list[str] | None) -> dict[str, object]:
-    """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}; several
-    may share one value separated by commas (`a=1,b=2`), and a comma not followed by a new
-    `name=` stays in the value (`ssl_ciphers=A,B`). Each client gets the settings it knows,
-    typed by kafka-python's defaults (streams.kafka.options_for); unknown names fail here."""
-    from streams.kafka import check_options
-
-    items: list[str] = []
-    for value in values or ():
-        for piece in value.split(","):
-            if items and "=" not in piece:
-                items[-1] += "," + piece
-            elif piece:
-                items.append(piece)
-    options: dict[str, object] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            fail(f"--kafka-option expects name=value, got {item!r}")
-        options[name.strip()] = value.strip()
-    check_options(options)
-    return options
-
-
 @app.command()
 def consume(
     model: Annotated[
-        Path, typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory")
+        Path, typer.Option(envvar=env_var("MODEL"), metavar="DIR", help="Model directory")
     ],
     bootstrap: Annotated[
         str,
-        typer.Option(envvar=_env("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
+        typer.Option(envvar=env_var("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
     ],
     topic: Annotated[
         list[str],
-        typer.Option(envvar=_env("TOPICS"), metavar="TOPIC", help="Topic(s) to watch"),
+        typer.Option(envvar=env_var("TOPICS"), metavar="TOPIC", help="Topic(s) to watch"),
     ],
     db: Annotated[
         str,
-        typer.Option(envvar=_env("DB"), metavar="URL", help="Database for flagged records"),
+        typer.Option(envvar=env_var("DB"), metavar="URL", help="Database for flagged records"),
     ],
     group: Annotated[
-        str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
+        str, typer.Option(envvar=env_var("GROUP"), metavar="NAME", help="Consumer group")
     ] = KafkaSettings.group,
     deadletter_topic: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("DEADLETTER_TOPIC"),
+            envvar=env_var("DEADLETTER_TOPIC"),
             metavar="TOPIC",
             help="Dead-letter topic [default: <topic>.deadletter]",
         ),
@@ -364,30 +251,30 @@ def consume(
     metrics_host: Annotated[
         str,
         typer.Option(
-            envvar=_env("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
+            envvar=env_var("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
         ),
     ] = ConsumeSettings.metrics_host,
     metrics_port: Annotated[
         int,
         typer.Option(
-            envvar=_env("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
+            envvar=env_var("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
         ),
     ] = METRICS_PORT,
     max_records: Annotated[
         int,
-        typer.Option(envvar=_env("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
+        typer.Option(envvar=env_var("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
     ] = LoopSettings.max_records,
     typed_decoding: Annotated[
         bool,
         typer.Option(
-            envvar=_env("TYPED_DECODING"),
+            envvar=env_var("TYPED_DECODING"),
             help="Decode batches of known fields straight into the model's columns (msgspec)",
         ),
     ] = LoopSettings.typed_decoding,
     session_timeout_ms: Annotated[
         int,
         typer.Option(
-            envvar=_env("SESSION_TIMEOUT_MS"),
+            envvar=env_var("SESSION_TIMEOUT_MS"),
             metavar="MS",
             help="Consumer-group session: a member silent this long is replaced",
         ),
@@ -395,7 +282,7 @@ def consume(
     max_message_bytes: Annotated[
         int,
         typer.Option(
-            envvar=_env("MAX_MESSAGE_BYTES"),
+            envvar=env_var("MAX_MESSAGE_BYTES"),
             metavar="BYTES",
             help="Larger message values are dead-lettered as oversized",
         ),
@@ -403,7 +290,7 @@ def consume(
     explain_features: Annotated[
         int,
         typer.Option(
-            envvar=_env("EXPLAIN_FEATURES"),
+            envvar=env_var("EXPLAIN_FEATURES"),
             min=0,
             metavar="N",
             help="Features explained per flagged record, most surprising first; 0: all",
@@ -412,13 +299,13 @@ def consume(
     require: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("REQUIRED_FIELDS"), metavar="FIELD", help="Field(s) a record must carry"
+            envvar=env_var("REQUIRED_FIELDS"), metavar="FIELD", help="Field(s) a record must carry"
         ),
     ] = None,
     schema_version: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("SCHEMA_VERSIONS"),
+            envvar=env_var("SCHEMA_VERSIONS"),
             metavar="VERSION",
             help="Accepted `schema-version` header / `schema_version` field values",
         ),
@@ -426,7 +313,7 @@ def consume(
     isolation_level: Annotated[
         IsolationLevel,
         typer.Option(
-            envvar=_env("ISOLATION_LEVEL"),
+            envvar=env_var("ISOLATION_LEVEL"),
             help="read_committed: only records of committed transactions (transactional "
             "producers); read_uncommitted: every record, Kafka's default",
         ),
@@ -434,7 +321,7 @@ def consume(
     kafka_option: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("KAFKA_OPTIONS"),
+            envvar=env_var("KAFKA_OPTIONS"),
             metavar="NAME=VALUE",
             help="Extra kafka-python setting, e.g. security_protocol=SASL_SSL",
         ),
@@ -442,7 +329,7 @@ def consume(
     startup_timeout: Annotated[
         float,
         typer.Option(
-            envvar=_env("STARTUP_TIMEOUT"),
+            envvar=env_var("STARTUP_TIMEOUT"),
             min=0,
             metavar="SECONDS",
             help="How long to keep trying to reach the database and Kafka at start before "
@@ -452,7 +339,7 @@ def consume(
     log_level: Annotated[
         str,
         typer.Option(
-            envvar=_env("LOG_LEVEL"), metavar="LEVEL", help="debug, info, warning or error"
+            envvar=env_var("LOG_LEVEL"), metavar="LEVEL", help="debug, info, warning or error"
         ),
     ] = "info",
     config: ConfigOption = None,
@@ -464,19 +351,19 @@ def consume(
     """
     from latentwatch.service import run_consumer
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
     kafka = KafkaSettings(
         bootstrap=bootstrap,
         group=group,
-        topics=_split(topic),
+        topics=split_values(topic),
         session_timeout_ms=session_timeout_ms,
         isolation_level=isolation_level,
-        extra=_kafka_options(kafka_option),
+        extra=parse_kafka_options(kafka_option),
     )
     policy = DecodePolicy(
         max_bytes=max_message_bytes,
-        required_fields=_split(require),
-        schema_versions=_split(schema_version),
+        required_fields=split_values(require),
+        schema_versions=split_values(schema_version),
     )
     loop = LoopSettings(
         max_records=max_records,
@@ -500,13 +387,13 @@ def consume(
 @app.command()
 def replay(
     data: Annotated[Path, typer.Option(help="Records to send: .csv, .jsonl or .parquet")],
-    bootstrap: Annotated[str, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka host:port")],
+    bootstrap: Annotated[str, typer.Option(envvar=env_var("BOOTSTRAP"), help="Kafka host:port")],
     topic: Annotated[str, typer.Option(help="Topic to send to")],
     rate: Annotated[
         float | None, typer.Option(help="Records per second (default: flat out)")
     ] = None,
     key_field: Annotated[str | None, typer.Option(help="Field to use as the message key")] = None,
-    kafka_option: Annotated[list[str] | None, typer.Option(envvar=_env("KAFKA_OPTIONS"))] = None,
+    kafka_option: Annotated[list[str] | None, typer.Option(envvar=env_var("KAFKA_OPTIONS"))] = None,
 ) -> None:
     """Send a file's records to a topic as JSON messages, one per record."""
     from latentwatch.datafiles import read_table
@@ -522,7 +409,7 @@ def replay(
         topic,
         rate=rate,
         key_field=key_field,
-        kafka_options=_kafka_options(kafka_option),
+        kafka_options=parse_kafka_options(kafka_option),
     )
     typer.echo(
         f"sent {report.sent} records to {topic} in {report.seconds:.1f} s"
@@ -538,7 +425,7 @@ app.add_typer(db_app, name="db")
 
 @db_app.command("upgrade")
 def db_upgrade(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL")],
     config: ConfigOption = None,
 ) -> None:
     """Create or migrate the schema to the newest version (Alembic)."""
@@ -554,9 +441,9 @@ def db_upgrade(
 
 @db_app.command("prune")
 def db_prune(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL")],
     older_than: Annotated[
-        str, typer.Option(envvar=_env("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
+        str, typer.Option(envvar=env_var("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
     ] = "30d",
     config: ConfigOption = None,
 ) -> None:
@@ -595,7 +482,7 @@ def demo(
 
     from latentwatch.demo import DemoOptions, run_demo, summary_table
 
-    _setup_logging("warning")
+    setup_logging("warning")
     console = Console()
     options = DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running)
     try:
@@ -630,19 +517,19 @@ def _sigterm_unwinds() -> Iterator[None]:
 @app.command()
 def api(
     ctx: typer.Context,
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL of flagged records")],
     host: Annotated[
         str,
         typer.Option(
-            envvar=_env("API_HOST"),
+            envvar=env_var("API_HOST"),
             help="Bind address; beyond loopback a token is required",
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar=_env("API_PORT"))] = 8000,
+    port: Annotated[int, typer.Option(envvar=env_var("API_PORT"))] = 8000,
     token_file: Annotated[
         Path | None,
         typer.Option(
-            envvar=_env("API_TOKEN_FILE"),
+            envvar=env_var("API_TOKEN_FILE"),
             help="File holding the bearer token that every route but /health needs "
             "(or set LATENTWATCH_API_TOKEN)",
         ),
@@ -650,27 +537,27 @@ def api(
     token: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("API_TOKEN"),
+            envvar=env_var("API_TOKEN"),
             hidden=True,  # from the environment or the config file: the command line shows in ps
         ),
     ] = None,
     trusted_host: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("API_TRUSTED_HOSTS"),
+            envvar=env_var("API_TRUSTED_HOSTS"),
             help="A Host name the API answers to besides localhost, 127.0.0.1, ::1 and the bind "
             "address (repeatable or comma-separated; *.example.com for subdomains)",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    log_level: Annotated[str, typer.Option(envvar=env_var("LOG_LEVEL"))] = "info",
     config: ConfigOption = None,
 ) -> None:
     """Serve the query API and the explorer page (loopback by default)."""
     from api.server import run_api
 
     secret = _api_token(ctx, token, token_file)
-    _setup_logging(log_level)
-    run_api(db, host=host, port=port, token=secret, trusted_hosts=_split(trusted_host))
+    setup_logging(log_level)
+    run_api(db, host=host, port=port, token=secret, trusted_hosts=split_values(trusted_host))
 
 
 def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -> str | None:
@@ -688,9 +575,9 @@ def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -
             "stays in shell history: put it in a file only you can read and give "
             "--token-file FILE, or set LATENTWATCH_API_TOKEN"
         )
-    where = "--config [api] token" if source == "DEFAULT_MAP" else _env("API_TOKEN")
-    if token is None and _env("API_TOKEN") in os.environ:  # click takes an empty one for unset
-        token = os.environ[_env("API_TOKEN")]
+    where = "--config [api] token" if source == "DEFAULT_MAP" else env_var("API_TOKEN")
+    if token is None and env_var("API_TOKEN") in os.environ:  # click takes an empty one for unset
+        token = os.environ[env_var("API_TOKEN")]
     if token is not None and token_file is not None:
         fail(f"give the API token once: --token-file or {where}, not both")
     if token_file is not None:
@@ -708,7 +595,7 @@ def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -
 
 @app.command()
 def evaluate(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL of flagged records")],
     model_version: Annotated[str | None, typer.Option(help="Only this model's flags")] = None,
 ) -> None:
     """Precision of the flags over the records users labelled as true/false alarms."""
