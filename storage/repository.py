@@ -12,11 +12,9 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from operator import attrgetter
-from typing import Any, ClassVar
-from weakref import WeakKeyDictionary
+from typing import Any
 
-from sqlalchemy import Dialect, Table, delete, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -76,13 +74,16 @@ def write_flagged(
     unique_models = {model.version: model for model in models}
     inserted = 0
     with session_factory() as session:
-        insert = _FlaggedInsert.for_dialect(session.get_bind().dialect)
-        rows = insert.rows(ordered)  # checks each record: nothing is written if one fails
+        rows = [_flagged_row(r) for r in ordered]  # each checked: nothing written if one fails
         with session.begin():
             if rows:
                 # One executemany (pipelined by psycopg), not one round trip per record; its
                 # rowcount is the number of rows actually inserted, on both engines.
-                inserted = insert.execute(session, rows)
+                insert = _flagged_insert(session.get_bind().dialect.name)
+                result = session.execute(
+                    insert, rows, execution_options={"preserve_rowcount": True}
+                )
+                inserted = result.rowcount  # type: ignore[attr-defined]
             if unique_models:
                 # After the records: the shared model_versions row stays locked for a short time.
                 upsert = _insert(session, _MODEL_VERSIONS)
@@ -225,60 +226,20 @@ def _dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.In
     raise NotImplementedError(f"storage supports SQLite and PostgreSQL, not {dialect}")
 
 
-class _FlaggedInsert:
-    """The idempotent INSERT of flagged records for one dialect, compiled once, run through the
-    driver's executemany with the bind processors SQLAlchemy itself would apply to each column.
-    It skips SQLAlchemy's per-execution parameter handling, and the JSON is encoded once (for
-    the check and the row alike): the write is on the consumer's path for every batch."""
+@cache
+def _flagged_insert(dialect: str) -> postgresql.Insert | sqlite.Insert:
+    """The idempotent INSERT of flagged records: a redelivered record is skipped."""
+    return _dialect_insert(dialect, _FLAGGED).on_conflict_do_nothing(
+        index_elements=_IDEMPOTENCY_KEY
+    )
 
-    _compiled: ClassVar[WeakKeyDictionary[Dialect, _FlaggedInsert]] = WeakKeyDictionary()
 
-    def __init__(self, dialect: Dialect) -> None:
-        columns = [_FLAGGED.c[_SQL_NAMES.get(name, name)] for name in _RECORD_FIELDS]
-        keys = [c.key for c in columns]
-        statement = _dialect_insert(dialect.name, _FLAGGED).on_conflict_do_nothing(
-            index_elements=_IDEMPOTENCY_KEY
-        )
-        compiled = statement.compile(dialect=dialect, column_keys=keys)
-        self.sql = compiled.string
-        # qmark (sqlite3) takes a tuple in placeholder order; pyformat (psycopg) a dict.
-        self._names: list[str] | None = None
-        order = list(range(len(keys)))
-        if compiled.positiontup is not None:
-            order = [keys.index(name) for name in compiled.positiontup]
-        else:
-            self._names = keys
-        self._values = attrgetter(*(_RECORD_FIELDS[i] for i in order))
-        processors = [columns[i].type.dialect_impl(dialect).bind_processor(dialect) for i in order]
-        self._processors = [(k, p) for k, p in enumerate(processors) if p is not None]
-        self._json = [order.index(_RECORD_FIELDS.index(name)) for name in ("explanation", "record")]
-
-    @classmethod
-    def for_dialect(cls, dialect: Dialect) -> _FlaggedInsert:
-        insert = cls._compiled.get(dialect)
-        if insert is None:
-            insert = cls._compiled[dialect] = cls(dialect)
-        return insert
-
-    def rows(self, records: Sequence[FlaggedRecord]) -> list[Any]:
-        """The driver's parameters for ``records``, each checked (UnstorableRecordError)."""
-        explanation, original = self._json
-        names = self._names
-        rows: list[Any] = []
-        for record in records:
-            row = list(self._values(record))
-            row[explanation], row[original] = _storable_json(record)
-            for i, process in self._processors:
-                row[i] = process(row[i])
-            rows.append(tuple(row) if names is None else dict(zip(names, row, strict=True)))
-        return rows
-
-    def execute(self, session: Session, rows: list[Any]) -> int:
-        """Insert in the session's transaction; how many rows were new."""
-        result = session.connection().exec_driver_sql(
-            self.sql, rows, execution_options={"preserve_rowcount": True}
-        )
-        return result.rowcount
+def _flagged_row(record: FlaggedRecord) -> dict[str, Any]:
+    """A record's row, checked (UnstorableRecordError), its JSON encoded once for the check
+    and the database alike."""
+    row = {_SQL_NAMES.get(name, name): getattr(record, name) for name in _RECORD_FIELDS}
+    row["explanation"], row["record"] = _storable_json(record)
+    return row
 
 
 def prune_flagged(
