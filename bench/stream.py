@@ -388,14 +388,18 @@ def main() -> None:
             raw = raw_ceiling(
                 broker.bootstrap, "bench", args.records, args.max_records, f"bench-raw-{i}"
             )
-            round_settings = replace(settings, db=database(f"e2e-{i}"), group=f"bench-e2e-{i}")
+            round_settings = replace(
+                settings,
+                db=database(f"e2e-{i}"),
+                kafka=replace(settings.kafka, group=f"bench-e2e-{i}"),
+            )
             with BackgroundConsumer(round_settings) as consumer:
                 wait_consumed(consumer, args.records, timeout_s=300)
             orjson_settings = replace(
                 settings,
                 db=database(f"e2e-orjson-{i}"),
-                group=f"bench-e2e-orjson-{i}",
-                typed_decoding=False,
+                kafka=replace(settings.kafka, group=f"bench-e2e-orjson-{i}"),
+                loop=replace(settings.loop, typed_decoding=False),
             )
             with BackgroundConsumer(orjson_settings) as orjson_consumer:
                 wait_consumed(orjson_consumer, args.records, timeout_s=300)
@@ -412,9 +416,8 @@ def main() -> None:
 
         latency_settings = replace(
             settings,
-            topics=("latency",),
             db=database("latency"),
-            group="bench-latency",
+            kafka=replace(settings.kafka, topics=("latency",), group="bench-latency"),
         )
         n_latency = int(args.rate * args.seconds)
         with BackgroundConsumer(latency_settings) as consumer:
