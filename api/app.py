@@ -21,6 +21,7 @@ from starlette.types import ASGIApp
 from api.dependencies import bearer_auth
 from api.flagged import flagged_router
 from api.guard import RequestGuard
+from api.lifecycle import lifecycle_router
 from api.overview import overview_router
 from api.params import check_query_names
 from api.probes import PROBE_METHODS, ReadinessCheck, probes_router
@@ -84,7 +85,9 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
         if settings.token
         else {}
     )
-    for router in (flagged_router(settings), overview_router(settings)):
+    # the lifecycle's /api/models/compare before overview's /api/models/{version}
+    routers = (flagged_router(settings), lifecycle_router(settings), overview_router(settings))
+    for router in routers:
         app.include_router(router, dependencies=protected, responses=everywhere | unauthorized)
     readiness = ReadinessCheck(settings.ready_timeout_s)
     app.include_router(probes_router(readiness, everywhere, auth, known_query))

@@ -223,9 +223,6 @@ def main() -> None:
 
 @app.command()
 def consume(
-    model: Annotated[
-        Path, typer.Option(envvar=env_var("MODEL"), metavar="DIR", help="Model directory")
-    ],
     bootstrap: Annotated[
         str,
         typer.Option(envvar=env_var("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
@@ -238,6 +235,20 @@ def consume(
         str,
         typer.Option(envvar=env_var("DB"), metavar="URL", help="Database for flagged records"),
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            envvar=env_var("MODEL"), metavar="DIR", help="Model directory (or --registry)"
+        ),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            envvar=env_var("REGISTRY"),
+            metavar="TOPIC",
+            help="Follow the model registry's live and shadow models of TOPIC (docs/lifecycle.md)",
+        ),
+    ] = None,
     group: Annotated[
         str, typer.Option(envvar=env_var("GROUP"), metavar="NAME", help="Consumer group")
     ] = KafkaSettings.group,
@@ -374,6 +385,7 @@ def consume(
     )
     settings = ConsumeSettings(
         model=model,
+        registry=registry,
         db=db,
         kafka=kafka,
         loop=loop,

@@ -169,3 +169,43 @@ def retire(
 ) -> None:
     """Take VERSION out of service on the topic (never the live model; it stops shadowing)."""
     _say(_change(db, topic, actor, lambda r: r.retire(version)), topic)
+
+
+@models_app.command("compare")
+def compare(
+    db: DbOption,
+    topic: TopicOption,
+    since: Annotated[str, typer.Option(help="Window start: ISO time or an age (24h)")] = "24h",
+    until: Annotated[str | None, typer.Option(help="Window end (default: now)")] = None,
+    version: Annotated[str | None, typer.Option(help="Shadow version (default: latest)")] = None,
+) -> None:
+    """The live model against its shadow over a window (as GET /api/models/compare)."""
+    from datetime import UTC
+
+    from lifecycle.compare import compare_window
+    from lifecycle.window import parse_time
+    from storage.registry import RegistryError
+
+    end = _time(until) or datetime.now(UTC)
+    start = parse_time(since, end)
+    with _sessions(db) as sessions, sessions() as session:
+        result = compare_window(session, topic, (start, end), version)
+    if result is None:
+        raise RegistryError(f"no shadow scores of {topic} between {start} and {end}")
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f} %"
+
+    typer.echo(f"{topic}: {result.scored} records scored by both, {start:%F %T} .. {end:%F %T}")
+    typer.echo(f"{'':8}{'version':<14}{'fpr':>9}{'flagged':>9}{'rate':>9}{'precision':>11}")
+    for role, side in (("live", result.live), ("shadow", result.shadow)):
+        typer.echo(
+            f"{role:<8}{side.version:<14}{pct(side.fpr):>9}{side.flagged:>9}"
+            f"{pct(side.flag_rate):>9}{pct(side.precision):>11} ({side.labelled} labelled)"
+        )
+    rank = "-" if result.rank_correlation is None else f"{result.rank_correlation:.3f}"
+    typer.echo(
+        f"flagged by both {result.both_flagged} of {result.either_flagged} "
+        f"(overlap {pct(result.overlap)}); score rank correlation {rank}; "
+        f"{result.unlabelled_shadow_only} shadow-only flags unlabelled"
+    )

@@ -19,17 +19,20 @@ from typing import Any
 import torch
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from common.errors import LatentwatchError
 from detector import artifact
 from detector.detector import Detector
 from latentwatch.settings import SHUTDOWN_TIMEOUT_S, ConsumeSettings
+from lifecycle.follow import RegistryFollower, live_model
 from storage.database import ensure_schema, make_engine, redact, session_factory
 from storage.records import UnstorableRecordError
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
+    ModelSet,
     RunTotals,
     Unavailable,
 )
@@ -133,7 +136,7 @@ def model_metrics(
     return metrics
 
 
-def run_consumer(
+def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place)
     settings: ConsumeSettings,
     stop: threading.Event | None = None,
     *,
@@ -144,10 +147,16 @@ def run_consumer(
     """Consume until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
     stop = stop or threading.Event()
     torch.set_num_threads(max(settings.torch_threads, 1))
-    detector, manifest = artifact.load(settings.model)
     engine = make_engine(settings.db, settings.db_timeouts)
+    try:
+        models = _models(settings, engine, stop)
+    except BaseException:
+        engine.dispose()
+        raise
+    detector, manifest = models.live, models.manifest
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.kafka.topics)
+    follower: RegistryFollower | None = None
     progress = Progress()
     watchdog = Watchdog(
         progress, metrics, _offset_reader(settings), settings=settings.liveness, stopping=stop
@@ -190,6 +199,14 @@ def run_consumer(
                 detector.version,
                 redact(settings.db),
             )
+            if settings.registry is not None:
+                follower = RegistryFollower(
+                    session_factory(engine),
+                    settings.registry,
+                    models,
+                    metrics,
+                    interval_s=settings.registry_poll_s,
+                ).start(stop)
             loop = ConsumerLoop(
                 source,
                 detector=detector,
@@ -199,6 +216,9 @@ def run_consumer(
                 settings=settings.loop,
                 on_batch=on_batch,
                 progress=progress,
+                shadow=models.shadow,
+                models=follower,
+                lifecycle_sink=sink,
             )
             freeze_startup_heap()
             started = time.monotonic()
@@ -217,8 +237,49 @@ def run_consumer(
             dead_letters.close()
         if server is not None:
             server.close()
+        if follower is not None:
+            follower.join()
         watchdog.close()
         engine.dispose()
+
+
+def _models(settings: ConsumeSettings, engine: Engine, stop: threading.Event) -> ModelSet:
+    """The model directory given, or the registry's live (and shadow) model of the topic."""
+    if settings.registry is None:
+        if settings.model is None:
+            raise ConfigError(
+                "no model: give --model DIR, or --registry TOPIC to follow the registry"
+            )
+        detector, manifest = artifact.load(settings.model)
+        return ModelSet(detector, manifest)
+    if settings.model is not None:
+        raise ConfigError(
+            "--model and --registry both given: a consumer follows the registry or scores with "
+            "one model directory, not both"
+        )
+    scope = settings.registry
+    sessions = session_factory(engine)
+
+    def resolve() -> ModelSet:
+        ensure_schema(engine)
+        return live_model(sessions, scope)
+
+    give_up_at = (
+        time.monotonic() + settings.startup_timeout_s if settings.startup_timeout_s else None
+    )
+    try:
+        models: ModelSet = _until_ready(
+            f"the model registry in {redact(settings.db)}", resolve, stop, give_up_at
+        )
+    except GaveUp as exc:
+        raise StartupTimeoutError(
+            f"{exc} (--startup-timeout {settings.startup_timeout_s:g} s)"
+        ) from None
+    return models
+
+
+class ConfigError(LatentwatchError):
+    """Consumer settings that contradict each other or miss what is needed."""
 
 
 def _finish(sink: SqlSink, totals: RunTotals, elapsed_s: float) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lifecycle.settings import REGISTRY_POLL_S
 from storage.settings import Timeouts
 from streams.settings import KafkaSettings, LivenessSettings, LoopSettings
 
@@ -25,7 +26,7 @@ class ConsumeSettings:
     (the Kafka clients', the loop's with its decode policy, the watchdog's), and the wiring's
     own. The CLI and the config file take their defaults from these dataclasses."""
 
-    model: Path
+    model: Path | None  # None: the live model of ``registry`` in the model registry
     db: str
     kafka: KafkaSettings
     loop: LoopSettings = field(default_factory=LoopSettings)
@@ -39,3 +40,7 @@ class ConsumeSettings:
     # start; 0: keep trying
     startup_timeout_s: float = 0.0
     liveness: LivenessSettings = field(default_factory=LivenessSettings)  # the watchdog
+    # Follow the model registry's roles of this topic (or group name) instead of --model:
+    # start on its live model, switch to a promotion between two batches, score its shadow.
+    registry: str | None = None
+    registry_poll_s: float = REGISTRY_POLL_S

@@ -3,26 +3,12 @@ and the one-line refusals."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from latentwatch.cli import main
 from tests.support.cancer_model import Model
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["latentwatch", *map(str, args)]
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.support.cli_run import run
 
 
 def test_models_commands(

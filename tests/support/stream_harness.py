@@ -50,7 +50,7 @@ _POLICY |= {"schema_versions": "schema_versions"}
 
 
 def settings(
-    model: Path, bootstrap: str, topic: str, db: str, group: str, **changes: Any
+    model: Path | None, bootstrap: str, topic: str, db: str, group: str, **changes: Any
 ) -> ConsumeSettings:
     """A consumer's settings for a test: small batches, a short session, no metrics endpoint;
     ``changes`` by the name of the setting (kafka_options, max_message_bytes, liveness...)."""
