@@ -27,19 +27,10 @@ UNSTORABLE = "unstorable"
 # is dead-lettered whole, as fetched, and skipped (streams/fetcher.py).
 UNDECODABLE_BATCH = "undecodable_batch"
 SCORING_FAILED = "scoring_failed"
-REJECT_REASONS = (
-    NOT_UTF8,
-    NOT_JSON,
-    NON_FINITE,
-    NOT_AN_OBJECT,
-    WRONG_TYPE,
-    MISSING_REQUIRED,
-    OVERSIZED,
-    UNKNOWN_SCHEMA_VERSION,
-    UNSTORABLE,
-    UNDECODABLE_BATCH,
-    SCORING_FAILED,
-)
+# every reason code: the values of the metric's reason label (streams.metrics adds "other")
+REJECT_REASONS: tuple[str, ...] = (NOT_UTF8, NOT_JSON, NON_FINITE, NOT_AN_OBJECT, WRONG_TYPE)
+REJECT_REASONS += (MISSING_REQUIRED, OVERSIZED, UNKNOWN_SCHEMA_VERSION, UNSTORABLE)
+REJECT_REASONS += (UNDECODABLE_BATCH, SCORING_FAILED)
 
 SCHEMA_VERSION_HEADER = "schema-version"
 SCHEMA_VERSION_FIELD = "schema_version"
