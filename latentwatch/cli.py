@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from latentwatch.models_cli import models_app
+from latentwatch.models_cli import models_app, rescore
 from latentwatch.options import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
@@ -435,6 +435,7 @@ def replay(
 db_app = typer.Typer(help="Database schema and retention.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.command("rescore")(rescore)
 
 
 @db_app.command("upgrade")

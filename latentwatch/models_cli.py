@@ -209,3 +209,75 @@ def compare(
         f"(overlap {pct(result.overlap)}); score rank correlation {rank}; "
         f"{result.unlabelled_shadow_only} shadow-only flags unlabelled"
     )
+
+
+def rescore(
+    model: Annotated[str, typer.Option(help="Registered model VERSION to score with")],
+    topic: Annotated[str, typer.Option(help="Topic to re-read")],
+    db: DbOption,
+    from_: Annotated[
+        str, typer.Option("--from", help="Range start: ISO time or an age before now (24h)")
+    ],
+    to: Annotated[str | None, typer.Option(help="Range end (default: when the run starts)")] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(envvar="LATENTWATCH_BOOTSTRAP", help="Kafka brokers")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Run name (default: from the model and the range)")
+    ] = None,
+    stored: Annotated[
+        bool,
+        typer.Option(
+            "--stored", help="Re-score the flagged records stored in the database instead"
+        ),
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Records per saved batch")] = 2000,
+) -> None:
+    """Re-score a time range of a topic with a registered model, outside the consumer group,
+    storing its flags as a named backfill run (resumable: run the same command again)."""
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from lifecycle.follow import load_registered
+    from lifecycle.rescore import rescore as run_rescore
+    from lifecycle.rescore import rescore_stored
+    from lifecycle.window import parse_time
+    from storage import registry
+
+    start = parse_time(from_)
+    end = _time(to)
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("rescoring {task.fields[scored]:,} scored, {task.fields[flagged]:,} flagged"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=True,
+    )
+    task = progress.add_task("rescore", total=None, scored=0, flagged=0)
+
+    def report(scored: int, flagged: int) -> None:
+        progress.update(task, scored=scored, flagged=flagged)
+
+    with _sessions(db) as sessions, progress:
+        detector, _ = load_registered(registry.get_model(sessions, model).location)
+        if stored:
+            result = rescore_stored(detector, sessions, topic, (start, end), name=name)
+        else:
+            if bootstrap is None:
+                raise typer.BadParameter("--bootstrap is needed to read the topic")
+            result = run_rescore(
+                detector,
+                sessions,
+                bootstrap,
+                topic,
+                (start, end),
+                name=name,
+                batch=batch,
+                on_progress=report,
+            )
+    if result.already_finished:
+        typer.echo(f"backfill run {result.name} had finished: nothing to do")
+        return
+    typer.echo(f"backfill run {result.name}: {result.scored} scored, {result.flagged} flagged")

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import (
     FeedbackLabel,
@@ -140,3 +141,39 @@ def comparison_rows(
         pairs=pairs,
         fprs=(_fpr(session, live_version), _fpr(session, version)),
     )
+
+
+@dataclass(frozen=True)
+class StoredFlag:
+    partition: int
+    offset: int
+    kafka_timestamp: int
+    record_id: str | None
+    model_version: str
+    score: float
+    record: dict[str, Any]
+
+
+def stored_flags(
+    sessions: sessionmaker[Session], topic: str, window: tuple[datetime, datetime]
+) -> list[StoredFlag]:
+    """The live flags of ``topic`` scored in ``[start, end)``, with their stored originals."""
+    with sessions() as session:
+        rows = session.execute(
+            select(
+                FlaggedRecordRow.partition,
+                FlaggedRecordRow.offset,
+                FlaggedRecordRow.kafka_timestamp,
+                FlaggedRecordRow.record_id,
+                FlaggedRecordRow.model_version,
+                FlaggedRecordRow.score,
+                FlaggedRecordRow.record,
+            )
+            .where(
+                FlaggedRecordRow.topic == topic,
+                FlaggedRecordRow.scored_time >= window[0],
+                FlaggedRecordRow.scored_time < window[1],
+            )
+            .order_by(FlaggedRecordRow.id)
+        ).all()
+    return [StoredFlag(*r) for r in rows]

@@ -119,13 +119,13 @@ def write_flagged(
             if counts:
                 _add_counts(session, counts)
             if scores:
-                _add_scores(session, scores)
+                add_scores(session, scores)
             if run_counts:
-                _add_run_counts(session, run_counts)
+                add_run_counts(session, run_counts)
     return inserted
 
 
-def _add_scores(session: Session, scores: Sequence[ModelScore]) -> None:
+def add_scores(session: Session, scores: Sequence[ModelScore]) -> None:
     """Shadow and backfill rows, each stored once (a redelivered batch adds nothing). A record
     no database would store as JSON is kept without it: its scores still count."""
     rows = []
@@ -150,7 +150,7 @@ def _add_scores(session: Session, scores: Sequence[ModelScore]) -> None:
     session.execute(insert, rows)
 
 
-def _add_run_counts(session: Session, counts: Sequence[RunCount]) -> None:
+def add_run_counts(session: Session, counts: Sequence[RunCount]) -> None:
     merged: dict[tuple[str, str, str, datetime], list[int]] = {}
     for c in counts:
         total = merged.setdefault((c.run, c.model_version, c.topic, c.minute), [0, 0, 0])
