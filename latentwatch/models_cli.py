@@ -8,6 +8,7 @@ import getpass
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -17,6 +18,7 @@ import typer
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
+    from latentwatch.datafiles import Table
     from storage.registry import Roles
 
 T = TypeVar("T")
@@ -281,3 +283,79 @@ def rescore(
         typer.echo(f"backfill run {result.name} had finished: nothing to do")
         return
     typer.echo(f"backfill run {result.name}: {result.scored} scored, {result.flagged} flagged")
+
+
+@dataclass(frozen=True)
+class TopicTraining:
+    """`latentwatch train --from-topic`: the records read, and where the model goes after."""
+
+    topic: str
+    table: Table
+    window: tuple[datetime, datetime]
+    register_as: str | None
+    db: str | None
+    store: Path | None
+
+
+def read_topic_for_training(
+    topic: str,
+    *,
+    bootstrap: str | None,
+    window: tuple[str | None, str | None],
+    exclude_flagged_by: str | None,
+    register_as: str | None,
+    db: str | None,
+    store: Path | None,
+) -> TopicTraining:
+    """Read the reference records of ``train --from-topic`` and say what was left out."""
+    from datetime import UTC
+
+    from latentwatch.datafiles import records_table
+    from lifecycle.follow import load_registered
+    from lifecycle.topic_data import topic_records
+    from lifecycle.window import parse_time
+    from storage import registry
+
+    if bootstrap is None:
+        raise typer.BadParameter("--from-topic needs --bootstrap")
+    if window[0] is None:
+        raise typer.BadParameter("--from-topic needs --since AGE or --from TIME")
+    if register_as not in {None, "shadow"}:
+        raise typer.BadParameter(f"--register-as takes 'shadow', not {register_as!r}")
+    if (register_as or exclude_flagged_by) and db is None:
+        raise typer.BadParameter("--register-as and --exclude-flagged-by need --db")
+    end = parse_time(window[1]) if window[1] else datetime.now(UTC)
+    start = parse_time(window[0], end)
+    exclude = None
+    if exclude_flagged_by is not None:
+        assert db is not None
+        with _sessions(db) as sessions:
+            location = registry.get_model(sessions, exclude_flagged_by).location
+        exclude = load_registered(location)[0]
+    data = topic_records(bootstrap, topic, (start, end), exclude_flagged_by=exclude)
+    typer.echo(
+        f"{topic}: {data.read} records from {start:%F %T} to {end:%F %T}; "
+        f"{data.undecodable} undecodable and {data.excluded} flagged by "
+        f"{exclude_flagged_by or 'no model'} left out; training on {len(data.records)}"
+    )
+    return TopicTraining(topic, records_table(data.records), (start, end), register_as, db, store)
+
+
+def register_trained(directory: Path, stream: TopicTraining) -> None:
+    """Register a model trained from a topic, and make it the topic's shadow if asked."""
+    if stream.register_as is None or stream.db is None:
+        return
+    from lifecycle.roles import Registry, register_directory
+    from lifecycle.store import DirectoryStore
+
+    with _sessions(stream.db) as sessions:
+        model, _ = register_directory(
+            sessions,
+            DirectoryStore(stream.store or DEFAULT_STORE),
+            directory,
+            actor=_actor(None),
+            source=f"topic:{stream.topic}",
+            window=stream.window,
+        )
+        roles = Registry(sessions, stream.topic, _actor(None)).shadow(model.version)
+    _say(roles, stream.topic)

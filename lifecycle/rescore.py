@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -102,35 +102,40 @@ def rescore(
         consumer.close()
 
 
-def _read(  # noqa: PLR0917  (rescore's state, handed over once)
-    consumer: KafkaConsumer,
-    detector: Detector,
-    sessions: sessionmaker[Session],
-    run: BackfillRun,
-    batch: int,
-    on_progress: Callable[[int, int], None],
-    stop: threading.Event | None,
-    clock: Callable[[], datetime],
-) -> RescoreResult:
-    topic = run.topic
+def start_offsets(consumer: KafkaConsumer, topic: str, start: datetime) -> dict[int, int]:
+    """Each partition's first offset at or after ``start``; DONE where it has none."""
     partitions = sorted(consumer.partitions_for_topic(topic) or ())
-    positions = dict(run.positions)
-    new = [p for p in partitions if p not in positions]
-    if new:  # where each partition's range starts, saved before any batch
-        ms = int(run.time_from.timestamp() * 1000)
-        found = consumer.offsets_for_times({TopicPartition(topic, p): ms for p in new})
-        for p in new:
-            at = found.get(TopicPartition(topic, p))
-            positions[p] = DONE if at is None else int(at.offset)
-        save_batch(sessions, run.name, [], [], {p: positions[p] for p in new})
-    open_ = [TopicPartition(topic, p) for p in partitions if positions[p] != DONE]
-    end_ms = int(run.time_to.timestamp() * 1000)
-    policy = DecodePolicy()
-    scored = flagged = idle = 0
-    if open_:
-        consumer.assign(open_)
-        for tp in open_:
-            consumer.seek(tp, positions[tp.partition])
+    ms = int(start.timestamp() * 1000)
+    found = consumer.offsets_for_times({TopicPartition(topic, p): ms for p in partitions})
+    return {
+        p: DONE
+        if found.get(TopicPartition(topic, p)) is None
+        else int(found[TopicPartition(topic, p)].offset)
+        for p in partitions
+    }
+
+
+def read_range(
+    consumer: KafkaConsumer,
+    topic: str,
+    positions: Mapping[int, int],
+    end: datetime,
+    *,
+    batch: int = BATCH,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[list[Message], dict[int, int]]]:
+    """Batches of the messages from ``positions`` (partition -> next offset; DONE: read)
+    until each partition's records reach ``end`` or it has nothing more, each with the
+    positions after it. Stops early, between two batches, when ``stop`` is set."""
+    positions = dict(positions)
+    open_ = [TopicPartition(topic, p) for p, o in positions.items() if o != DONE]
+    if not open_:
+        return
+    consumer.assign(open_)
+    for tp in open_:
+        consumer.seek(tp, positions[tp.partition])
+    end_ms = int(end.timestamp() * 1000)
+    idle = 0
     while open_ and idle < IDLE_POLLS and not (stop and stop.is_set()):
         polled = consumer.poll(timeout_ms=POLL_MS, max_records=batch)
         messages: list[Message] = [m for records in polled.values() for m in records]
@@ -144,34 +149,55 @@ def _read(  # noqa: PLR0917  (rescore's state, handed over once)
             if positions.get(m.partition) == DONE:
                 continue
             if timestamp_ms(m) >= end_ms:  # past the range: this partition is read
-                after[m.partition] = DONE
-                positions[m.partition] = DONE
+                after[m.partition] = positions[m.partition] = DONE
                 consumer.pause(TopicPartition(topic, m.partition))
                 continue
             in_range.append(m)
             after[m.partition] = m.offset + 1
+        positions.update(after)
+        yield in_range, after
+        open_ = [tp for tp in open_ if positions[tp.partition] != DONE]
+
+
+def _read(  # noqa: PLR0917  (rescore's state, handed over once)
+    consumer: KafkaConsumer,
+    detector: Detector,
+    sessions: sessionmaker[Session],
+    run: BackfillRun,
+    batch: int,
+    on_progress: Callable[[int, int], None],
+    stop: threading.Event | None,
+    clock: Callable[[], datetime],
+) -> RescoreResult:
+    topic = run.topic
+    positions = dict(run.positions)
+    if not positions:  # where each partition's range starts, saved before any batch
+        positions = start_offsets(consumer, topic, run.time_from)
+        save_batch(sessions, run.name, [], [], positions)
+    policy = DecodePolicy()
+    scored = flagged = 0
+    for messages, after in read_range(
+        consumer, topic, positions, run.time_to, batch=batch, stop=stop
+    ):
         now = clock()
+        minute = now.replace(second=0, microsecond=0)
         scores: list[ModelScore] = []
-        count = RunCount(
-            run.name, detector.version, topic, now.replace(second=0, microsecond=0), 0, 0
-        )
-        if in_range:
-            result = score_messages(topic, in_range, detector, policy, now)
+        count = RunCount(run.name, detector.version, topic, minute, 0, 0)
+        if messages:
+            result = score_messages(topic, messages, detector, policy, now)
             scores = model_scores(run.name, result.flagged)
             count = RunCount(
                 run.name,
                 detector.version,
                 topic,
-                count.minute,
+                minute,
                 len(result.scored_messages),
                 len(result.flagged),
             )
         save_batch(sessions, run.name, scores, [count], after)
-        positions.update(after)
         scored += count.scored
         flagged += count.flagged
         on_progress(scored, flagged)
-        open_ = [tp for tp in open_ if positions[tp.partition] != DONE]
     if stop is not None and stop.is_set():
         return RescoreResult(run.name, scored, flagged, already_finished=False)
     save_batch(sessions, run.name, [], [], {p: DONE for p in positions}, finished_at=clock())
