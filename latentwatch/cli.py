@@ -52,7 +52,7 @@ def train(
         str | None, typer.Option(help="Read the reference records from this topic instead")
     ] = None,
     bootstrap: Annotated[
-        str | None, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka brokers (--from-topic)")
+        str | None, typer.Option(envvar=env_var("BOOTSTRAP"), help="Kafka brokers (--from-topic)")
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="--from-topic: the records of the last AGE, e.g. 24h")
@@ -70,10 +70,10 @@ def train(
         typer.Option(help="--from-topic: register the model and make it the topic's 'shadow'"),
     ] = None,
     db: Annotated[
-        str | None, typer.Option(envvar=_env("DB"), help="Database of the model registry")
+        str | None, typer.Option(envvar=env_var("DB"), help="Database of the model registry")
     ] = None,
     store: Annotated[
-        Path | None, typer.Option(envvar=_env("MODEL_STORE"), help="Model store folder")
+        Path | None, typer.Option(envvar=env_var("MODEL_STORE"), help="Model store folder")
     ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option(help="Column(s) that are not features, e.g. a label")
