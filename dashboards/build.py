@@ -4,7 +4,7 @@
     python dashboards/build.py --check   # exit 1 if the checked-in JSON is out of date
 
 Every PromQL expression is in :data:`PANEL_QUERIES` and the SQL of the flagged-records table is
-:data:`FLAGGED_RECORDS_SQL`; the tests (tests/observability/test_obs_dashboards.py) parse them
+:data:`FLAGGED_RECORDS_SQL`; the tests (tests/deployment/test_deployment_dashboards.py) parse them
 with promtool and check their metric and column names against the code.
 Datasources are dashboard variables: ``${datasource}`` (Prometheus) and ``${flagged_db}``
 (PostgreSQL), provisioned with the fixed uids ``prometheus`` and ``latentwatch-postgres``.

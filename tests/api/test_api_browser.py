@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-from api_data import MODEL_A, T0, flagged, manifest, seed
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, sync_playwright
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,6 +26,7 @@ from storage.models import FlaggedRecordRow
 from storage.queries import get_flagged
 from storage.records import ModelVersion
 from storage.repository import write_flagged
+from tests.support.api_data import MODEL_A, T0, flagged, manifest, seed
 
 pytestmark = pytest.mark.browser
 

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from flagged_records import make_record
 from prometheus_client import CollectorRegistry
-from prometheus_server import run_prometheus
 from sqlalchemy import text
 
 from storage.database import make_engine, session_factory
 from storage.models import FlaggedRecordRow
 from storage.repository import write_flagged
 from streams.metrics import StreamMetrics
+from tests.support.flagged_records import make_record
+from tests.support.prometheus_server import run_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
