@@ -75,6 +75,10 @@ def train(
     store: Annotated[
         Path | None, typer.Option(envvar=env_var("MODEL_STORE"), help="Model store folder")
     ] = None,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(envvar=env_var("KAFKA_OPTIONS"), help="--from-topic: name=value"),
+    ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option(help="Column(s) that are not features, e.g. a label")
     ] = None,
@@ -109,6 +113,7 @@ def train(
             register_as=register_as,
             db=db,
             store=store,
+            kafka_options=parse_kafka_options(kafka_option),
         )
         table = stream.table
     else:

@@ -234,18 +234,24 @@ def rescore(
         ),
     ] = False,
     batch: Annotated[int, typer.Option(help="Records per saved batch")] = 2000,
+    kafka_option: Annotated[
+        list[str] | None,
+        typer.Option(envvar="LATENTWATCH_KAFKA_OPTIONS", help="name=value, as for consume"),
+    ] = None,
 ) -> None:
     """Re-score a time range of a topic with a registered model, outside the consumer group,
     storing its flags as a named backfill run (resumable: run the same command again)."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from latentwatch.options import parse_kafka_options
     from lifecycle.follow import load_registered
     from lifecycle.rescore import rescore as run_rescore
     from lifecycle.rescore import rescore_stored
     from lifecycle.window import parse_time
     from storage import registry
 
+    kafka_options = parse_kafka_options(kafka_option)
     start = parse_time(from_)
     end = _time(to)
     console = Console(stderr=True)
@@ -276,6 +282,7 @@ def rescore(
                 topic,
                 (start, end),
                 name=name,
+                kafka_options=kafka_options,
                 batch=batch,
                 on_progress=report,
             )
@@ -306,6 +313,7 @@ def read_topic_for_training(
     register_as: str | None,
     db: str | None,
     store: Path | None,
+    kafka_options: dict[str, object] | None = None,
 ) -> TopicTraining:
     """Read the reference records of ``train --from-topic`` and say what was left out."""
     from datetime import UTC
@@ -332,7 +340,9 @@ def read_topic_for_training(
         with _sessions(db) as sessions:
             location = registry.get_model(sessions, exclude_flagged_by).location
         exclude = load_registered(location)[0]
-    data = topic_records(bootstrap, topic, (start, end), exclude_flagged_by=exclude)
+    data = topic_records(
+        bootstrap, topic, (start, end), exclude_flagged_by=exclude, kafka_options=kafka_options
+    )
     typer.echo(
         f"{topic}: {data.read} records from {start:%F %T} to {end:%F %T}; "
         f"{data.undecodable} undecodable and {data.excluded} flagged by "

@@ -55,3 +55,20 @@ def test_models_commands(
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("latentwatch: error: "), err
         assert message in lines[0]
+
+
+def test_unknown_kafka_options_of_rescore_and_topic_training_are_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = f"sqlite:///{tmp_path / 'lw.db'}"
+    commands = [
+        ("rescore", "--model", "0123456789ab", "--topic", "t", "--from", "1h", "--db", db),
+        ("train", "--from-topic", "t", "--since", "1h", "--out", tmp_path / "m"),
+    ]
+    for args in commands:
+        code, _, err = run(
+            capsys, *args, "--bootstrap", "127.0.0.1:1", "--kafka-option", "bogus_setting=1"
+        )
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1, err
+        assert lines[0].startswith("latentwatch: error: ") and "bogus_setting" in lines[0]
