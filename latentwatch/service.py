@@ -133,6 +133,7 @@ def model_metrics(
         detector.calibrations.fpr,
         detector.cluster_shares.tolist(),
     )
+    metrics.set_roles(detector.version, None)  # a registry follower adds its shadow model
     return metrics
 
 

@@ -393,6 +393,11 @@ class StreamMetrics:
             "Registry models this consumer could not load or use (it kept the model it had).",
             ["role"],
         )
+        for role in ("live", "shadow"):  # counted from 0, so increase() sees the first one
+            self._model_switches.labels(role=role)
+            self._model_load_failures.labels(role=role)
+        self._roles: dict[str, str] = {}
+        self._failing: set[tuple[str, str]] = set()
         self._model_load_failing = gauge(
             "model_load_failing",
             "1 while the registry's model for the role cannot be loaded here.",
@@ -430,21 +435,33 @@ class StreamMetrics:
 
     def set_roles(self, live: str, shadow: str | None) -> None:
         """The versions in use: live, and shadow (None: no shadow model)."""
+        self._roles = {"live": live} if shadow is None else {"live": live, "shadow": shadow}
         self._model_role.clear()
-        self._model_role.labels(role="live", version=live).set(1)
-        if shadow is not None:
-            self._model_role.labels(role="shadow", version=shadow).set(1)
+        for role, version in self._roles.items():
+            self._model_role.labels(role=role, version=version).set(1)
+        self._publish_failing()
 
     def model_switched(self, role: str) -> None:
         self._model_switches.labels(role=role).inc()
 
     def model_load_failed(self, role: str, version: str) -> None:
         self._model_load_failures.labels(role=role).inc()
-        self._model_load_failing.labels(role=role, version=version).set(1)
+        self._failing.add((role, version))
+        self._publish_failing()
 
     def model_load_cleared(self) -> None:
         """The registry's models are in use (or were withdrawn): nothing is failing."""
+        self._failing.clear()
+        self._publish_failing()
+
+    def _publish_failing(self) -> None:
+        """1 for each (role, version) this consumer cannot load, 0 for the models in use, so
+        the series exist (and read 0) while all is well."""
         self._model_load_failing.clear()
+        for role, version in self._roles.items():
+            self._model_load_failing.labels(role=role, version=version).set(0)
+        for role, version in self._failing:
+            self._model_load_failing.labels(role=role, version=version).set(1)
 
     def record_model(self, topic: str, role: str, version: str, scored: int, flagged: int) -> None:
         self._model_scored.labels(topic=topic, role=role, version=version).inc(scored)
