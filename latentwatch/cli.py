@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 
 from detector.errors import LatentwatchError
+from latentwatch.models_cli import models_app
 
 app = typer.Typer(
     name="latentwatch",
@@ -533,6 +534,7 @@ def replay(
 
 db_app = typer.Typer(help="Database schema and retention.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(models_app, name="models")
 
 
 @db_app.command("upgrade")

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -187,3 +188,118 @@ class StreamCountRow(Base):
 
     # Time ranges over every topic (the primary key serves one topic's range), and prune.
     __table_args__ = (Index("ix_stream_counts_minute", "minute"),)
+
+
+class RegisteredModelRow(Base):
+    """A model directory in the model store, known to every consumer of the deployment.
+    Its role per topic (live, shadow, retired) is not stored here: it follows from the
+    ``model_events`` of that topic (storage/registry.py)."""
+
+    __tablename__ = "registered_models"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    location: Mapped[str] = mapped_column(Text)  # where the store keeps the directory
+    registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    registered_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the model's training time
+    source: Mapped[str | None] = mapped_column(Text)  # training data: a file, or topic:<name>
+    window_start: Mapped[datetime | None] = mapped_column(UTCDateTime)  # of the training data
+    window_end: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)  # from the manifest
+
+
+class ModelEventRow(Base):
+    """One change of a model's role on a topic (promote, shadow, unshadow, rollback, retire),
+    who made it and when: the registry's history, replayed to know the current roles."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(255))  # the topic (or group) the role applies to
+    version: Mapped[str] = mapped_column(
+        String(64), ForeignKey("registered_models.version", ondelete="CASCADE")
+    )
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        CheckConstraint(
+            "action IN ('promote', 'shadow', 'unshadow', 'rollback', 'retire')", name="action"
+        ),
+        Index("ix_model_events_scope_id", "scope", "id"),
+    )
+
+
+class ModelScoreRow(Base):
+    """A record scored by a model that is not the live one: the shadow model beside the live
+    one (``run`` = 'shadow'), or a backfill run (``run`` = its name). Never a live flag: the
+    live flags are ``flagged_records`` alone. Shadow rows are kept for records either model
+    flagged, with both models' scores; backfill rows for the records the run's model flags."""
+
+    __tablename__ = "model_scores"
+
+    id: Mapped[int] = mapped_column(ID_TYPE, primary_key=True, autoincrement=True)
+    run: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(255))
+    partition: Mapped[int] = mapped_column("kafka_partition", Integer)
+    offset: Mapped[int] = mapped_column("kafka_offset", BigInteger)
+    kafka_timestamp: Mapped[int] = mapped_column(BigInteger)
+    record_id: Mapped[str | None] = mapped_column(Text)
+    scored_time: Mapped[datetime] = mapped_column(UTCDateTime)
+    score: Mapped[float] = mapped_column(Double)
+    severity: Mapped[float] = mapped_column(Double)
+    p_value: Mapped[float] = mapped_column(Double)
+    flagged: Mapped[bool] = mapped_column(Boolean)
+    live_version: Mapped[str | None] = mapped_column(String(64))
+    live_score: Mapped[float | None] = mapped_column(Double)
+    live_flagged: Mapped[bool | None] = mapped_column(Boolean)
+    record: Mapped[dict[str, Any] | None] = mapped_column(JSON_TYPE)
+
+    __table_args__ = (
+        UniqueConstraint(
+            "run",
+            "model_version",
+            "topic",
+            "kafka_partition",
+            "kafka_offset",
+            "kafka_timestamp",
+            name="uq_model_scores_message",
+        ),
+        Index(
+            "ix_model_scores_run_model_version_scored_time", "run", "model_version", "scored_time"
+        ),
+    )
+
+
+class RunCountRow(Base):
+    """Records a non-live model scored and flagged per run, topic and minute (and how many of
+    them the live model flagged): the denominators of a comparison's flag rates."""
+
+    __tablename__ = "run_counts"
+
+    run: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(255), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    scored: Mapped[int] = mapped_column(BigInteger)
+    flagged: Mapped[int] = mapped_column(BigInteger)
+    live_flagged: Mapped[int] = mapped_column(BigInteger)
+
+
+class BackfillRunRow(Base):
+    """A named re-scoring of a topic's time range by one model: where each partition starts
+    and ends, and how far it got (saved with each batch's rows, so a restart resumes)."""
+
+    __tablename__ = "backfill_runs"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    topic: Mapped[str] = mapped_column(String(255))
+    time_from: Mapped[datetime] = mapped_column(UTCDateTime)
+    time_to: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ends: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)  # partition -> end offset
+    positions: Mapped[dict[str, Any]] = mapped_column(JSON_TYPE)  # partition -> next offset
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

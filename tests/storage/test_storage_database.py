@@ -47,6 +47,11 @@ def test_upgrade_creates_tables_constraints_and_indexes(engine: Engine) -> None:
         "model_versions",
         "feedback",
         "stream_counts",
+        "registered_models",
+        "model_events",
+        "model_scores",
+        "run_counts",
+        "backfill_runs",
     }
     unique = schema.get_unique_constraints("flagged_records")
     assert [u["column_names"] for u in unique] == [

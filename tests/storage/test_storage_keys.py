@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 import storage.records
-from storage.database import current_revision, head_revision, migration_config, upgrade
+from storage.database import current_revision, migration_config, upgrade
 from storage.models import FlaggedRecordRow
 from storage.records import FlaggedRecord, readable_key
 from storage.repository import write_flagged
@@ -71,8 +71,8 @@ def test_migration_0003_converts_existing_text_keys(engine: Engine) -> None:
         for offset, key in enumerate(old_keys):
             connection.execute(insert, {"offset": offset, "key": key})
 
-    upgrade(engine)
-    assert current_revision(engine) == head_revision() == "0003"
+    upgrade(engine, "0003")
+    assert current_revision(engine) == "0003"
     with engine.connect() as connection:
         rows = connection.execute(
             text("SELECT key, key_text FROM flagged_records ORDER BY kafka_offset")
