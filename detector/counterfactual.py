@@ -19,14 +19,16 @@ of the two scores by construction, and a field that does not change gets none.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from detector.calibration import p_values, threshold_for
-from detector.detector import Detector, _forward
-from detector.encoding import decode_field, plain_value
+from detector.detector import Detector, LatentMap, _forward
+from detector.encoding import decode_field, encode_records, plain_value
 from detector.schema import FieldKind, Schema
 from detector.scoring import SCORE_RULE, field_contributions
 
@@ -305,7 +307,7 @@ def nearest_normal(
     det: Detector,
     row: np.ndarray,
     missing: np.ndarray,
-    actual: dict[str, object] | None = None,
+    actual: Mapping[str, object] | None = None,
     config: CounterfactualConfig | None = None,
 ) -> Counterfactual:
     """The nearest normal record of one encoded record (``row`` [width], ``missing``
@@ -371,3 +373,50 @@ def nearest_normal(
         path_p_value=tuple(p[2:].tolist()),
         path_latent=np.concatenate([own_latent, np.asarray(path_latent)]),
     )
+
+
+def nearest_normal_records(
+    det: Detector,
+    records: Sequence[Mapping[str, object]],
+    config: CounterfactualConfig | None = None,
+) -> list[Counterfactual]:
+    """:func:`nearest_normal` of each record (mappings the detector scored valid)."""
+    batch = encode_records(det.schema, records)
+    bad = np.flatnonzero(~batch.valid)
+    if bad.size:
+        raise ValueError(f"record {bad[0]} cannot be scored: {batch.reasons[bad[0]]}")
+    return [
+        nearest_normal(det, batch.matrix[i], batch.missing[i], record, config)
+        for i, record in enumerate(records)
+    ]
+
+
+def to_dict(cf: Counterfactual, latent_map: LatentMap, limit: int) -> dict[str, Any]:
+    """The JSON kept beside an explanation: the changes (at most ``limit``), the two scores,
+    and the walk (its steps' p-values and points on the 2-D latent map). Bounded: at most
+    max_changes changes and path_steps + 1 points, whatever the record's width."""
+    path_2d = latent_map.project(cf.path_latent).tolist()
+    return {
+        "reached": cf.reached,
+        "score": cf.score,
+        "p_value": cf.p_value,
+        "normal_score": cf.normal_score,
+        "normal_p_value": cf.normal_p_value,
+        "changes": [
+            {
+                "name": c.name,
+                "actual": c.actual,
+                "normal": c.normal,
+                "delta": c.delta,
+                "attribution": c.attribution,
+            }
+            for c in cf.changes[: limit or None]
+        ],
+        "density_attribution": float(cf.density_attributions.sum()),
+        "reconstruction_attribution": float(cf.reconstruction_attributions.sum()),
+        "path": [
+            {"t": t, "p_value": p, "latent_2d": xy}
+            for t, p, xy in zip(cf.path_t, cf.path_p_value, path_2d[1:], strict=True)
+        ],
+        "latent_2d": path_2d[0],
+    }

@@ -83,6 +83,7 @@ class LoopSettings:
     retry_max_s: float = 10.0
     policy: DecodePolicy = field(default_factory=DecodePolicy)
     explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
+    nearest_normal: bool = True  # each flagged record's nearest normal record (counterfactual)
     typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
 
 
@@ -257,6 +258,7 @@ class ConsumerLoop:
             s.policy,
             now,
             explained_features=s.explained_features,
+            nearest_normal=s.nearest_normal,
             typed=self._typed,
         )
 
