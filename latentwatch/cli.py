@@ -111,7 +111,28 @@ SCORE_COLUMNS = (
     "cluster_distance",
     "top_features",
     "reason",
+    "nearest_normal",
 )
+
+
+def _nearest_normal_column(
+    detector: Any, columns: Any, scores: Any, names: list[list[str]], top: int
+) -> dict[int, str]:
+    """For each flagged row: its nearest normal record's changes ("field: actual -> normal",
+    largest attribution first); its top features become the fields by attribution."""
+    from detector.counterfactual import nearest_normal_records
+    from detector.encoding import plain_value
+
+    rows = [int(i) for i in scores.flagged.nonzero()[0]]
+    records = [
+        {n: plain_value(columns[n][i]) for n in detector.schema.names if n in columns} for i in rows
+    ]
+    out = {}
+    for i, walk in zip(rows, nearest_normal_records(detector, records), strict=True):
+        order = walk.ranking(scores.contributions[i])
+        names[i] = [detector.schema.names[j] for j in order[:top]]
+        out[i] = "; ".join(f"{c.name}: {c.actual} -> {c.normal}" for c in walk.changes)
+    return out
 
 
 @app.command()
@@ -159,6 +180,7 @@ def score(
         ids = [None] * table.n_rows
     scores = detector.score_columns(table.columns, table.n_rows, table.reasons)
     names = top_feature_names(schema, scores, top)
+    walks = _nearest_normal_column(detector, table.columns, scores, names, top)
 
     def rows() -> Iterator[list[Any]]:
         for i in range(table.n_rows):
@@ -177,6 +199,7 @@ def score(
                 float(scores.cluster_distance[i]),
                 ";".join(names[i]),
                 "" if ok else scores.reasons[i],
+                walks.get(i, ""),
             ]
             yield ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
 
