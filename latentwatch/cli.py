@@ -687,14 +687,30 @@ def api(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A model directory whose version POST /api/models/{version}/explain "
+            "explains records with (repeatable)"
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the query API and the explorer page (loopback by default)."""
     from api.server import run_api
+    from latentwatch.explaining import ModelExplainer
 
     secret = _api_token(ctx, token, token_file)
     _setup_logging(log_level)
-    run_api(db, host=host, port=port, token=secret, trusted_hosts=_split(trusted_host))
+    explainer = ModelExplainer(model) if model else None
+    run_api(
+        db,
+        host=host,
+        port=port,
+        token=secret,
+        trusted_hosts=_split(trusted_host),
+        explainer=explainer,
+    )
 
 
 def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -> str | None:
