@@ -40,6 +40,9 @@ class CounterfactualConfig:
     path_steps: int = 6  # points on the latent path, the record's code (t=0) to the mode (t=1)
     max_changes: int = 4  # fields changed at most before the walk gives up
     attribution_segments: int = 16  # straight-line segments of the integrated gradients
+    # After the first round (every field tried alone at t=0), only the fields whose change
+    # alone lowered the score most are tried: the walk's cost no longer grows with the width.
+    candidate_fields: int = 8
     # The p-value the nearest normal record must reach; None: the model's false-alarm rate (a
     # record the model would not flag). Higher asks "what would a typical record look like".
     target_p_value: float | None = None
@@ -128,61 +131,96 @@ def _score_rows(det: Detector, rows: np.ndarray, missing: np.ndarray) -> np.ndar
 
 
 def _walk_points(
-    det: Detector, row: np.ndarray, masks: np.ndarray, mode: np.ndarray, t: float
+    det: Detector, rows: np.ndarray, masks: np.ndarray, modes: np.ndarray, t: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each field mask: the record with those fields masked, encoded, moved a share t of
-    the way to ``mode``, decoded and snapped; the masked fields take the snapped values.
-    Returns the candidate rows [n, width] and their latent points [n, latent_dim]."""
+    """For each row and field mask: the row with those fields masked, encoded, moved a share t
+    of the way to its ``modes`` row, decoded and snapped; the masked fields take the snapped
+    values. Returns the candidate rows [m, width] and their latent points [m, latent_dim]."""
     cols = _column_mask(det.schema, masks)
-    masked = np.where(cols, imputed(det.schema), row)
+    masked = np.where(cols, imputed(det.schema), rows)
     with torch.inference_mode():
         z0 = det.vae.encode_mean(torch.from_numpy(masked.astype(np.float32))).double()
-        z = z0 + t * (torch.from_numpy(mode) - z0)
+        z = z0 + torch.from_numpy(np.asarray(t, dtype=np.float64)[:, None]) * (
+            torch.from_numpy(modes) - z0
+        )
         decoded = det.vae.decode(z.float()).double().numpy()
-    return np.where(cols, snap(det.schema, decoded), row), z.numpy()
+    return np.where(cols, snap(det.schema, decoded), rows), z.numpy()
 
 
 # --- the walk -------------------------------------------------------------------------------
 
 
-def _search(
-    det: Detector, row: np.ndarray, missing: np.ndarray, config: CounterfactualConfig
-) -> tuple[np.ndarray, float, bool, np.ndarray]:
-    """The changed-field mask, the step t and whether the point scored normal."""
-    n_fields = len(det.schema.fields)
+@dataclass(frozen=True)
+class _Found:
+    chosen: np.ndarray  # [n, n_fields] the fields changed
+    t: np.ndarray  # [n] the step taken
+    reached: np.ndarray  # [n] whether it scored normal
+    modes: np.ndarray  # [n, latent_dim] the walks' targets
+
+
+def _threshold(det: Detector, config: CounterfactualConfig) -> float:
     target = config.target_p_value
-    threshold = (
-        det.calibrations.threshold
-        if target is None
-        else min(threshold_for(det.calibrations.score, target), det.calibrations.threshold)
-    )
-    mode = _mode(det, row)
-    if _score_rows(det, row[None], missing[None])[0] <= threshold:
-        return np.zeros(n_fields, dtype=bool), 0.0, True, mode
-    best: tuple[float, np.ndarray, float] | None = None  # score, mask, t
-    for t in np.linspace(0.0, 1.0, config.path_steps).tolist():
-        chosen = np.zeros(n_fields, dtype=bool)
-        for _ in range(min(config.max_changes, n_fields)):
-            free = np.flatnonzero(~chosen)
-            masks = np.repeat(chosen[None], len(free), axis=0)
-            masks[np.arange(len(free)), free] = True
-            rows, _ = _walk_points(det, row, masks, mode, t)
-            scores = _score_rows(det, rows, missing & ~masks)
-            k = int(np.argmin(scores))
-            chosen = masks[k]
-            if best is None or scores[k] < best[0]:
-                best = (float(scores[k]), chosen, t)
-            if scores[k] <= threshold:
-                return chosen, t, True, mode
-    assert best is not None
-    return best[1], best[2], False, mode
+    if target is None:
+        return det.calibrations.threshold
+    return min(threshold_for(det.calibrations.score, target), det.calibrations.threshold)
 
 
-def _mode(det: Detector, row: np.ndarray) -> np.ndarray:
-    """The centre of the reference cluster nearest to the record's code."""
-    latent, _ = _forward(det.vae, row[None])
+def _search(
+    det: Detector, rows: np.ndarray, missing: np.ndarray, config: CounterfactualConfig
+) -> _Found:
+    """The greedy walk of every row at once (the candidates of all rows in one forward pass
+    per step): per row the changed-field mask, the step t and whether it scored normal."""
+    n, n_fields = missing.shape
+    threshold = _threshold(det, config)
+    latent, _ = _forward(det.vae, rows)
     _, cluster, _ = det.mixture.assess(latent)
-    return np.asarray(det.mixture.means[int(cluster[0])], dtype=np.float64)
+    modes = np.asarray(det.mixture.means[cluster], dtype=np.float64)
+    chosen_out = np.zeros((n, n_fields), dtype=bool)
+    t_out = np.zeros(n)
+    reached = _score_rows(det, rows, missing) <= threshold
+    best = np.full(n, np.inf)
+    allowed = np.ones((n, n_fields), dtype=bool)
+    first_round = True
+    for t in np.linspace(0.0, 1.0, config.path_steps).tolist():
+        active = np.flatnonzero(~reached)
+        if not active.size:
+            break
+        chosen = np.zeros((len(active), n_fields), dtype=bool)
+        for _ in range(min(config.max_changes, n_fields)):
+            owner, field = np.nonzero(~chosen & allowed[active])  # (row, free field) pairs
+            masks = chosen[owner].copy()
+            masks[np.arange(len(owner)), field] = True
+            record = active[owner]
+            cand, _ = _walk_points(det, rows[record], masks, modes[record], np.full(len(owner), t))
+            scores = _score_rows(det, cand, missing[record] & ~masks)
+            if first_round and n_fields > config.candidate_fields:
+                alone = np.full((len(active), n_fields), np.inf)
+                alone[owner, field] = scores
+                pool = np.argsort(alone, axis=1, kind="stable")[:, : config.candidate_fields]
+                allowed[active] = False
+                allowed[active[:, None], pool] = True
+            first_round = False
+            # per row, its best candidate: sort by (row, score), take each row's first
+            order = np.lexsort((scores, owner))
+            first = order[np.r_[0, np.flatnonzero(np.diff(owner[order])) + 1]]
+            rows_of = owner[first]
+            chosen[rows_of] = masks[first]
+            target = active[rows_of]
+            better = scores[first] < best[target]
+            best[target[better]] = scores[first][better]
+            chosen_out[target[better]] = masks[first][better]
+            t_out[target[better]] = t
+            done = scores[first] <= threshold
+            hit = target[done]
+            chosen_out[hit] = masks[first][done]
+            t_out[hit] = t
+            reached[hit] = True
+            keep = ~done
+            if not keep.any():
+                break
+            active = active[rows_of[keep]]
+            chosen = chosen[rows_of[keep]]
+    return _Found(chosen_out, t_out, reached, modes)
 
 
 # --- attributions ---------------------------------------------------------------------------
@@ -224,57 +262,74 @@ def _torch_terms(
     return density, per_field.sum(1)
 
 
-def _exact_split(delta: float, weights: np.ndarray, changed: np.ndarray) -> np.ndarray:
-    """``weights`` [n_fields] corrected to sum exactly to ``delta``: the remainder shared in
-    proportion to their size (evenly over the changed fields when all are zero)."""
+def _exact_split(delta: np.ndarray, weights: np.ndarray, changed: np.ndarray) -> np.ndarray:
+    """``weights`` [..., n_fields] corrected to sum exactly to ``delta`` [...]: the remainder
+    shared in proportion to their size (evenly over the changed fields when all are zero)."""
     size = np.abs(weights)
-    total = size.sum()
-    share = size / total if total > 0 else changed / max(changed.sum(), 1)
-    return weights + (delta - weights.sum()) * share
+    total = size.sum(axis=-1, keepdims=True)
+    even = changed / np.maximum(changed.sum(axis=-1, keepdims=True), 1)
+    share = np.where(total > 0, size / np.where(total > 0, total, 1.0), even)
+    return weights + (delta - weights.sum(axis=-1))[..., None] * share
 
 
 def attributions(
     det: Detector,
     actual: tuple[np.ndarray, np.ndarray],
     baseline: tuple[np.ndarray, np.ndarray],
-    terms: tuple[tuple[float, float], tuple[float, float]],
+    terms: tuple[np.ndarray, np.ndarray],
     segments: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-field (density, reconstruction) attributions of the move from ``baseline`` to
-    ``actual`` (encoded row, missing mask), each summing exactly to the difference of the two
-    points' terms, which ``terms`` gives as ((density, reconstruction) actual, baseline)."""
+    """Per-field (density, reconstruction) attributions [n, n_fields] of the moves from
+    ``baseline`` to ``actual`` (encoded rows [n, width], missing masks [n, n_fields]), each
+    summing exactly to the difference of the two points' terms; ``terms`` gives them as
+    ([n, 2] actual, [n, 2] baseline) of (density, reconstruction)."""
     schema = det.schema
     x1, m1 = actual[0].astype(np.float64), actual[1].astype(np.float64)
     x0, m0 = baseline[0].astype(np.float64), baseline[1].astype(np.float64)
-    n_fields = len(schema.fields)
-    changed = np.array([np.any(x1[s] != x0[s]) for s in schema.slices]) | (m1 != m0)
-    if not changed.any():
-        return np.zeros(n_fields), np.zeros(n_fields)
+    n, n_fields = m1.shape
+    starts = np.array([s.start for s in schema.slices], dtype=np.intp)
+    changed = (np.add.reduceat(np.abs(x1 - x0), starts, axis=1) > 0) | (m1 != m0)
+    out = np.zeros((2, n, n_fields))
+    todo = np.flatnonzero(changed.any(axis=1))
+    if not todo.size:
+        return out[0], out[1]
     nodes = np.linspace(0.0, 1.0, segments + 1)
-    mids = (nodes[:-1] + nodes[1:]) / 2
-    alphas = np.concatenate([nodes[1:-1], mids])
-    x = torch.from_numpy(x0 + alphas[:, None] * (x1 - x0)).requires_grad_(True)
-    m = torch.from_numpy(m0 + alphas[:, None] * (m1 - m0)).requires_grad_(True)
-    density, reconstruction = _torch_terms(det, x, m)
+    alphas = np.concatenate([nodes[1:-1], (nodes[:-1] + nodes[1:]) / 2])  # inner nodes, mids
     inner = segments - 1
-    out = []
-    for which, values in enumerate((density, reconstruction)):
+    dx, dm = (x1 - x0)[todo], (m1 - m0)[todo]
+    # rows: record-major, alpha-minor
+    x = torch.from_numpy(
+        (x0[todo][:, None, :] + alphas[None, :, None] * dx[:, None, :]).reshape(-1, x0.shape[1])
+    ).requires_grad_(True)
+    m = torch.from_numpy(
+        (m0[todo][:, None, :] + alphas[None, :, None] * dm[:, None, :]).reshape(-1, n_fields)
+    ).requires_grad_(True)
+    values = _torch_terms(det, x, m)
+    n_alpha = len(alphas)
+    for which in (0, 1):
+        per_row = values[which].reshape(len(todo), n_alpha)
         gx, gm = torch.autograd.grad(
-            values[inner:].sum(), (x, m), retain_graph=which == 0, allow_unused=True
+            per_row[:, inner:].sum(), (x, m), retain_graph=which == 0, allow_unused=True
         )
-        per_col = (gx.numpy() if gx is not None else 0.0) * (x1 - x0)
-        starts = np.array([s.start for s in schema.slices], dtype=np.intp)
-        per_field = np.add.reduceat(per_col[inner:], starts, axis=1)
+        grad_x = (
+            gx.numpy().reshape(len(todo), n_alpha, -1)[:, inner:]
+            if gx is not None
+            else np.zeros((len(todo), segments, x0.shape[1]))
+        )
+        per_field = np.add.reduceat(grad_x * dx[:, None, :], starts, axis=2)
         if gm is not None:
-            per_field = per_field + gm.numpy()[inner:] * (m1 - m0)
+            per_field += gm.numpy().reshape(len(todo), n_alpha, -1)[:, inner:] * dm[:, None, :]
         at_nodes = np.concatenate(
-            [[terms[1][which]], values[:inner].detach().numpy(), [terms[0][which]]]
+            [
+                terms[1][todo, which][:, None],
+                per_row[:, :inner].detach().numpy(),
+                terms[0][todo, which][:, None],
+            ],
+            axis=1,
         )
-        steps = np.diff(at_nodes)
-        total = np.zeros(n_fields)
-        for s in range(segments):
-            total += _exact_split(float(steps[s]), per_field[s] / segments, changed)
-        out.append(total)
+        steps = np.diff(at_nodes, axis=1)  # [rows, segments]
+        split = _exact_split(steps, per_field / segments, changed[todo][:, None, :])
+        out[which, todo] = split.sum(axis=1)
     return out[0], out[1]
 
 
@@ -303,6 +358,94 @@ def _record_values(schema: Schema, rows: np.ndarray, missing: np.ndarray) -> lis
     ]
 
 
+def nearest_normal_rows(
+    det: Detector,
+    rows: np.ndarray,
+    missing: np.ndarray,
+    actual: Sequence[Mapping[str, object]] | None = None,
+    config: CounterfactualConfig | None = None,
+) -> list[Counterfactual]:
+    """The nearest normal records of encoded records (``rows`` [n, width], ``missing``
+    [n, n_fields]) and the attributions of their scores, all rows at once; ``actual[i]`` (the
+    record itself) gives the values shown as the record's own (else decoded from the row)."""
+    config = config or CounterfactualConfig()
+    schema = det.schema
+    n = len(missing)
+    if not n:
+        return []
+    rows = np.asarray(rows, dtype=np.float64).reshape(n, -1)
+    missing = np.asarray(missing, dtype=bool)
+    found = _search(det, rows, missing, config)
+    grid = np.linspace(0.0, 1.0, config.path_steps)
+    n_steps = np.searchsorted(grid, found.t + 1e-12)  # steps up to the one taken, per row
+    owner = np.repeat(np.arange(n), n_steps)
+    step_t = np.concatenate([grid[:k] for k in n_steps])
+    path_rows, path_latent = _walk_points(
+        det, rows[owner], found.chosen[owner], found.modes[owner], step_t
+    )
+    normal_missing = missing & ~found.chosen
+    path_scores = _score_rows(det, path_rows, normal_missing[owner])
+    last = np.cumsum(n_steps) - 1
+    normal_rows = path_rows[last]
+    own_terms = score_terms(det, rows, missing)
+    normal_terms = score_terms(det, normal_rows, normal_missing)
+    density, reconstruction = attributions(
+        det,
+        (rows, missing),
+        (normal_rows, normal_missing),
+        (own_terms, normal_terms),
+        config.attribution_segments,
+    )
+    total = density + reconstruction
+    scores = own_terms.sum(axis=1)
+    normal_scores = normal_terms.sum(axis=1)
+    p = p_values(det.calibrations.score, np.concatenate([scores, normal_scores, path_scores]))
+    p_own, p_normal, p_path = p[:n], p[n : 2 * n], p[2 * n :]
+    own_values = _record_values(schema, rows, missing)
+    normal_values = _record_values(schema, normal_rows, normal_missing)
+    own_latent, _ = _forward(det.vae, rows)
+    out = []
+    for i in range(n):
+        own = [
+            plain_value(actual[i].get(name)) if actual is not None else own_values[i][j]
+            for j, name in enumerate(schema.names)
+        ]
+        changes = []
+        chosen = found.chosen[i]
+        for j in np.flatnonzero(chosen)[np.argsort(-total[i, chosen], kind="stable")].tolist():
+            before, after = own[j], normal_values[i][j]
+            numeric = schema.fields[j].kind is FieldKind.NUMERIC
+            delta = (
+                float(after) - float(before)
+                if numeric and _is_number(before) and _is_number(after)
+                else None
+            )
+            changes.append(FieldChange(schema.names[j], before, after, delta, float(total[i, j])))
+        mine = owner == i
+        out.append(
+            Counterfactual(
+                normal=dict(zip(schema.names, normal_values[i], strict=True)),
+                changes=tuple(changes),
+                attributions=total[i],
+                density_attributions=density[i],
+                reconstruction_attributions=reconstruction[i],
+                score=float(scores[i]),
+                normal_score=float(normal_scores[i]),
+                p_value=float(p_own[i]),
+                normal_p_value=float(p_normal[i]),
+                reached=bool(found.reached[i]),
+                path_t=tuple(step_t[mine].tolist()),
+                path_p_value=tuple(p_path[mine].tolist()),
+                path_latent=np.concatenate([own_latent[i : i + 1], path_latent[mine]]),
+            )
+        )
+    return out
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def nearest_normal(
     det: Detector,
     row: np.ndarray,
@@ -310,69 +453,9 @@ def nearest_normal(
     actual: Mapping[str, object] | None = None,
     config: CounterfactualConfig | None = None,
 ) -> Counterfactual:
-    """The nearest normal record of one encoded record (``row`` [width], ``missing``
-    [n_fields]) and the attributions of its score; ``actual`` (the record itself) gives the
-    values shown as the record's own (else they are decoded from ``row``)."""
-    config = config or CounterfactualConfig()
-    schema = det.schema
-    row = row.astype(np.float64)
-    missing = missing.astype(bool)
-    chosen, t_found, reached, mode = _search(det, row, missing, config)
-    steps = np.linspace(0.0, 1.0, config.path_steps)
-    steps = steps[steps <= t_found + 1e-12]
-    path_rows, path_latent = [], []
-    for t in steps.tolist():
-        r, z = _walk_points(det, row, chosen[None], mode, t)
-        path_rows.append(r[0])
-        path_latent.append(z[0])
-    normal_row = path_rows[-1]
-    normal_missing = missing & ~chosen
-    path_missing = np.repeat(normal_missing[None], len(path_rows), axis=0)
-    path_scores = _score_rows(det, np.asarray(path_rows), path_missing)
-    both = score_terms(det, np.stack([row, normal_row]), np.stack([missing, normal_missing]))
-    density, reconstruction = attributions(
-        det,
-        (row, missing),
-        (normal_row, normal_missing),
-        ((both[0, 0], both[0, 1]), (both[1, 0], both[1, 1])),
-        config.attribution_segments,
-    )
-    total = density + reconstruction
-    scores = both.sum(axis=1)
-    p = p_values(det.calibrations.score, np.concatenate([scores, path_scores]))
-    values = _record_values(
-        schema, np.stack([row, normal_row]), np.stack([missing, normal_missing])
-    )
-    own = [
-        plain_value(actual.get(name)) if actual is not None else values[0][j]
-        for j, name in enumerate(schema.names)
-    ]
-    changes = []
-    for j in np.flatnonzero(chosen)[np.argsort(-total[chosen], kind="stable")].tolist():
-        before, after = own[j], values[1][j]
-        numeric = schema.fields[j].kind is FieldKind.NUMERIC
-        delta = (
-            float(after) - float(before)
-            if numeric and isinstance(before, int | float) and isinstance(after, int | float)
-            else None
-        )
-        changes.append(FieldChange(schema.names[j], before, after, delta, float(total[j])))
-    own_latent, _ = _forward(det.vae, row[None])
-    return Counterfactual(
-        normal=dict(zip(schema.names, values[1], strict=True)),
-        changes=tuple(changes),
-        attributions=total,
-        density_attributions=density,
-        reconstruction_attributions=reconstruction,
-        score=float(scores[0]),
-        normal_score=float(scores[1]),
-        p_value=float(p[0]),
-        normal_p_value=float(p[1]),
-        reached=reached,
-        path_t=tuple(steps.tolist()),
-        path_p_value=tuple(p[2:].tolist()),
-        path_latent=np.concatenate([own_latent, np.asarray(path_latent)]),
-    )
+    """:func:`nearest_normal_rows` of one encoded record."""
+    given = None if actual is None else [actual]
+    return nearest_normal_rows(det, row[None], missing[None], given, config)[0]
 
 
 def nearest_normal_records(
@@ -380,15 +463,14 @@ def nearest_normal_records(
     records: Sequence[Mapping[str, object]],
     config: CounterfactualConfig | None = None,
 ) -> list[Counterfactual]:
-    """:func:`nearest_normal` of each record (mappings the detector scored valid)."""
+    """:func:`nearest_normal_rows` of records (mappings the detector scores valid)."""
+    if not records:
+        return []
     batch = encode_records(det.schema, records)
     bad = np.flatnonzero(~batch.valid)
     if bad.size:
         raise ValueError(f"record {bad[0]} cannot be scored: {batch.reasons[bad[0]]}")
-    return [
-        nearest_normal(det, batch.matrix[i], batch.missing[i], record, config)
-        for i, record in enumerate(records)
-    ]
+    return nearest_normal_rows(det, batch.matrix, batch.missing, records, config)
 
 
 def to_dict(cf: Counterfactual, latent_map: LatentMap, limit: int) -> dict[str, Any]:
