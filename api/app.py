@@ -22,6 +22,7 @@ from api.dependencies import bearer_auth
 from api.explain import Explainer, explain_router
 from api.flagged import flagged_router
 from api.guard import RequestGuard
+from api.lifecycle import lifecycle_router
 from api.overview import overview_router
 from api.params import check_query_names
 from api.probes import PROBE_METHODS, ReadinessCheck, probes_router
@@ -90,8 +91,10 @@ def create_app(
         if settings.token
         else {}
     )
+    # the lifecycle's /api/models/compare before overview's /api/models/{version}
     routers = (
         flagged_router(settings),
+        lifecycle_router(settings),
         overview_router(settings),
         explain_router(settings, explainer),
     )

@@ -280,3 +280,32 @@ class ValidationErrorOut(BaseModel):
     parameters refuses unknown query parameters."""
 
     detail: list[InvalidInputOut]
+
+
+class ModelSideOut(_Out):
+    version: str
+    fpr: float | None = Field(description="The calibrated false-alarm rate of the model.")
+    flagged: int
+    flag_rate: float | None = Field(description="flagged / scored over the window.")
+    labelled: int = Field(description="Of its flagged records, how many users labelled.")
+    precision: float | None = Field(description="True alarms / labelled; null if none.")
+
+
+class ComparisonOut(_Out):
+    topic: str
+    start: datetime
+    end: datetime
+    scored: int = Field(description="Records both models scored in the window.")
+    live: ModelSideOut
+    shadow: ModelSideOut
+    both_flagged: int
+    either_flagged: int
+    overlap: float | None = Field(description="both_flagged / either_flagged (Jaccard).")
+    rank_correlation: float | None = Field(
+        description="Spearman correlation of the two models' scores over the records either "
+        "flagged; null with fewer than two."
+    )
+    unlabelled_shadow_only: int = Field(
+        description="Records only the shadow model flags: nobody labelled them (users label "
+        "live flags), so the shadow precision leaves them out."
+    )

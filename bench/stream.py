@@ -19,6 +19,8 @@ breast-cancer set resampled, 5 % malignant):
     python bench/stream.py --stages   # where the time goes: microseconds per record per stage
     python bench/stream.py --no-freeze  # without the consumer's garbage-collector freeze
     python bench/stream.py --stages --no-typed-decoding  # the stages of the orjson path
+    python bench/stream.py --shadow  # the cost of a shadow model: consumers following the
+        # registry with and without one, alternated; microseconds per consumed record
     python bench/stream.py --postgres postgresql+psycopg://postgres@127.0.0.1:5432/test
         # flagged records to PostgreSQL: each run gets a throwaway database on that server
 """
@@ -299,6 +301,90 @@ def time_stages() -> dict[str, float]:
     return spent
 
 
+def shadow_cost(
+    settings: ConsumeSettings,
+    detector: Detector,
+    workdir: Path,
+    database: Callable[[str], str],
+    n: int,
+    rounds: int,
+    store: str,
+) -> None:
+    """Consumers that follow the registry, with and without a shadow model (the live model
+    recalibrated to a 5 % false-alarm rate: the same network, another version), alternated on
+    the same topic; each run on a new group and database."""
+    from dataclasses import replace as evolve  # noqa: PLC0415
+
+    from detector.calibration import threshold_for  # noqa: PLC0415
+    from lifecycle.roles import Registry, register_directory  # noqa: PLC0415
+    from lifecycle.store import DirectoryStore  # noqa: PLC0415
+    from storage.database import ensure_schema, make_engine, session_factory  # noqa: PLC0415
+
+    cal = detector.calibrations
+    other = evolve(
+        detector,
+        calibrations=evolve(cal, threshold=threshold_for(cal.score, 0.05), fpr=0.05),
+        config=evolve(detector.config, fpr=0.05),
+        version="",
+    )
+    artifact.save(other, workdir / "shadow")
+
+    def run(name: str, shadow: bool) -> tuple[float, int]:
+        url = database(name)
+        engine = make_engine(url)
+        ensure_schema(engine, auto_upgrade=True)
+        sessions = session_factory(engine)
+        models = DirectoryStore(workdir / "store")
+        live = register_directory(sessions, models, workdir / "model", actor="bench")[0]
+        candidate = register_directory(sessions, models, workdir / "shadow", actor="bench")[0]
+        registry = Registry(sessions, "bench", "bench")
+        registry.promote(live.version)
+        if shadow:
+            registry.shadow(candidate.version)
+        engine.dispose()
+        following = replace(settings, model=None, registry="bench", db=url, group=f"g-{name}")
+        with BackgroundConsumer(following) as consumer:
+            wait_consumed(consumer, n, timeout_s=600)
+        flagged = int(
+            consumer.metric(
+                "latentwatch_model_records_flagged_total",
+                topic="bench",
+                role="shadow",
+                version=candidate.version,
+            )
+        )
+        return end_to_end_rate(consumer.reports), flagged
+
+    results = []
+    for i in range(rounds):
+        plain, _ = run(f"plain-{i}", shadow=False)
+        with_shadow, shadow_flags = run(f"shadow-{i}", shadow=True)
+        results.append((plain, with_shadow))
+        print(
+            f"round {i + 1}: {1e6 / plain:.1f} µs/record alone, {1e6 / with_shadow:.1f} with "
+            f"a shadow model ({shadow_flags:,} shadow flags)",
+            file=sys.stderr,
+        )
+    ratios = [plain / shadowed for plain, shadowed in results]
+    mid = sorted(range(rounds), key=lambda k: ratios[k])[rounds // 2]
+    plain, with_shadow = results[mid]
+    print(describe())
+    print(
+        f"{n:,} records x 30 features on {PARTITIONS} partitions, embedded Tansu, consumers "
+        f"following the registry, flagged records in {store}; {rounds} rounds alternated, "
+        "the median round by ratio shown"
+    )
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| live model alone | {1e6 / plain:.1f} µs per record ({plain:,.0f} records/s) |")
+    print(
+        f"| live + shadow model | {1e6 / with_shadow:.1f} µs per record "
+        f"({with_shadow:,.0f} records/s) |"
+    )
+    print(f"| cost ratio with a shadow model (target <= 2) | {ratios[mid]:.2f} |")
+    print(f"| ratios of all rounds | {', '.join(f'{r:.2f}' for r in ratios)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -330,6 +416,11 @@ def main() -> None:
         "--no-typed-decoding",
         action="store_true",
         help="latentwatch with orjson decoding only (consume --no-typed-decoding)",
+    )
+    parser.add_argument(
+        "--shadow",
+        action="store_true",
+        help="measure the cost of a shadow model (docs/lifecycle.md) instead; no other tests",
     )
     parser.add_argument(
         "--postgres",
@@ -364,6 +455,9 @@ def main() -> None:
             max_records=args.max_records,
             typed_decoding=not args.no_typed_decoding,
         )
+        if args.shadow:
+            shadow_cost(settings, detector, workdir, database, args.records, args.rounds, store)
+            return
         if spent is not None:
             raw = raw_ceiling(broker.bootstrap, "bench", args.records, args.max_records)
             with BackgroundConsumer(settings) as consumer:

@@ -124,6 +124,22 @@ PANEL_QUERIES: dict[str, str] = {
     ),
     # drift
     "drift_psi": f"max by (instance) ({_m('latentwatch_drift_psi')})",
+    # models (the registry's live and shadow models)
+    "model_flag_rate": (
+        f"sum by (role, version) (rate({_m('latentwatch_model_records_flagged_total')}[{RATE}]))"
+        f" / sum by (role, version) "
+        f"(rate({_m('latentwatch_model_records_scored_total')}[{RATE}]))"
+    ),
+    "model_role": f"max by (instance, role, version) ({_m('latentwatch_model_role')})",
+    "model_switches": (
+        f"sum by (instance, role) (increase({_m('latentwatch_model_switches_total')}[{RATE}]))"
+    ),
+    "model_load_failing": (
+        f"max by (instance, role, version) ({_m('latentwatch_model_load_failing')})"
+    ),
+    "model_load_failures": (
+        f"sum by (instance, role) (increase({_m('latentwatch_model_load_failures_total')}[{RATE}]))"
+    ),
     "drift_mean_surprise": f"max by (instance) ({_m('latentwatch_drift_mean_surprise')})",
     "cluster_share": f"max by (instance, cluster) ({_m('latentwatch_cluster_share')})",
     "reference_cluster_share": (
@@ -479,6 +495,37 @@ def drift_row() -> Section:
     )
 
 
+def models_row() -> Section:
+    return (
+        Section(Row("Models").id(70))
+        .with_panel(
+            _timeseries(
+                71,
+                "Flag rate by model (live, shadow)",
+                "percentunit",
+                ("model_flag_rate", "{{role}} {{version}}"),
+            ).description(
+                "Share of scored records each model flags; compare with its calibrated "
+                "false-alarm rate (docs/lifecycle.md). Shadow flags never alert."
+            )
+        )
+        .with_panel(
+            _timeseries(
+                72,
+                "Models in use and refused",
+                "none",
+                ("model_role", "{{instance}} {{role}} {{version}}"),
+                ("model_load_failing", "{{instance}} cannot load {{role}} {{version}}"),
+                ("model_switches", "{{instance}} {{role}} switches"),
+                ("model_load_failures", "{{instance}} {{role}} load failures"),
+            ).description(
+                "1 per consumer for the versions it scores with; a 'cannot load' line means "
+                "the registry's model was refused here and the previous one kept."
+            )
+        )
+    )
+
+
 def consumer_row() -> Section:
     return (
         Section(Row("Consumer").id(50))
@@ -602,6 +649,7 @@ def build_dashboard() -> Dashboard:
         scores_row(),
         drift_row(),
         consumer_row(),
+        models_row(),
         flagged_row(),
     ):
         dashboard.with_row(section.row)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NoReturn
 import typer
 
 from detector.errors import LatentwatchError
-from latentwatch.models_cli import models_app
+from latentwatch.models_cli import models_app, rescore
 
 app = typer.Typer(
     name="latentwatch",
@@ -43,8 +43,38 @@ def _split(values: list[str] | None) -> tuple[str, ...]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Normal reference records: .csv, .jsonl or .parquet")],
     out: Annotated[Path, typer.Option(help="Model directory to create")],
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Normal reference records: .csv, .jsonl or .parquet (or --from-topic)"),
+    ] = None,
+    from_topic: Annotated[
+        str | None, typer.Option(help="Read the reference records from this topic instead")
+    ] = None,
+    bootstrap: Annotated[
+        str | None, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka brokers (--from-topic)")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="--from-topic: the records of the last AGE, e.g. 24h")
+    ] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="--from-topic: range start (ISO time or age)")
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="--from-topic: range end (default: now)")] = None,
+    exclude_flagged_by: Annotated[
+        str | None,
+        typer.Option(help="--from-topic: leave out what this registered model VERSION flags"),
+    ] = None,
+    register_as: Annotated[
+        str | None,
+        typer.Option(help="--from-topic: register the model and make it the topic's 'shadow'"),
+    ] = None,
+    db: Annotated[
+        str | None, typer.Option(envvar=_env("DB"), help="Database of the model registry")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(envvar=_env("MODEL_STORE"), help="Model store folder")
+    ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option(help="Column(s) that are not features, e.g. a label")
     ] = None,
@@ -65,11 +95,29 @@ def train(
 
     if not 0.0 < fpr < 1.0:
         fail(f"--fpr must be between 0 and 1, got {fpr}")
-    raw = [c for c in (id_column, timestamp_column) if c]
-    table = read_table(data, keep_raw=raw)
-    bad = [(i, r) for i, r in enumerate(table.reasons) if r]
-    if bad:
-        fail(f"{data}: {len(bad)} unreadable row(s), first: {bad[0][1]}")
+    if (data is None) == (from_topic is None):
+        fail("give the reference records with --data FILE or --from-topic TOPIC (one of them)")
+    stream = None
+    if from_topic is not None:
+        from latentwatch.models_cli import read_topic_for_training
+
+        stream = read_topic_for_training(
+            from_topic,
+            bootstrap=bootstrap,
+            window=(from_ or since, to),
+            exclude_flagged_by=exclude_flagged_by,
+            register_as=register_as,
+            db=db,
+            store=store,
+        )
+        table = stream.table
+    else:
+        assert data is not None
+        raw = [c for c in (id_column, timestamp_column) if c]
+        table = read_table(data, keep_raw=raw)
+        bad = [(i, r) for i, r in enumerate(table.reasons) if r]
+        if bad:
+            fail(f"{data}: {len(bad)} unreadable row(s), first: {bad[0][1]}")
 
     import torch  # only now: bad input fails fast, without loading torch
 
@@ -96,6 +144,10 @@ def train(
     )
     for name, why in detector.schema.dropped:
         typer.echo(f"  column {name!r} not used: {why}", err=True)
+    if stream is not None:
+        from latentwatch.models_cli import register_trained
+
+        register_trained(out, stream)
 
 
 SCORE_COLUMNS = (
@@ -367,9 +419,6 @@ def _kafka_options(values: list[str] | None) -> dict[str, object]:
 
 @app.command()
 def consume(
-    model: Annotated[
-        Path, typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory")
-    ],
     bootstrap: Annotated[
         str,
         typer.Option(envvar=_env("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
@@ -382,6 +431,18 @@ def consume(
         str,
         typer.Option(envvar=_env("DB"), metavar="URL", help="Database for flagged records"),
     ],
+    model: Annotated[
+        Path | None,
+        typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory (or --registry)"),
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(
+            envvar=_env("REGISTRY"),
+            metavar="TOPIC",
+            help="Follow the model registry's live and shadow models of TOPIC (docs/lifecycle.md)",
+        ),
+    ] = None,
     group: Annotated[
         str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
     ] = "latentwatch",
@@ -499,6 +560,7 @@ def consume(
     _setup_logging(log_level)
     settings = ConsumeSettings(
         model=model,
+        registry=registry,
         bootstrap=bootstrap,
         topics=_split(topic),
         db=db,
@@ -558,6 +620,7 @@ def replay(
 db_app = typer.Typer(help="Database schema and retention.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(models_app, name="models")
+app.command("rescore")(rescore)
 
 
 @db_app.command("upgrade")

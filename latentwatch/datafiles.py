@@ -125,11 +125,20 @@ def _read_jsonl(path: Path) -> Table:
             else:
                 records.append({})
                 reasons.append(f"line {line_no}: a record must be a JSON object")
+    return records_table(records, reasons)
+
+
+def records_table(
+    records: Sequence[Mapping[str, Any]], reasons: list[str | None] | None = None
+) -> Table:
+    """Decoded JSON records as columns, fields in order of first appearance: a JSONL file's,
+    and a topic's (``latentwatch train --from-topic``), so the same records train the same
+    model either way."""
     names: dict[str, None] = {}
     for rec in records:
         names.update(dict.fromkeys(rec))
     columns: dict[str, Column] = {n: [r.get(n) for r in records] for n in names}
-    return Table(columns=columns, n_rows=len(records), reasons=reasons)
+    return Table(columns=columns, n_rows=len(records), reasons=reasons or [])
 
 
 def _read_parquet(path: Path) -> Table:

@@ -21,16 +21,19 @@ from typing import Any
 import torch
 from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from detector import artifact
 from detector.detector import Detector
 from detector.errors import LatentwatchError
+from lifecycle.follow import POLL_S, RegistryFollower, live_model
 from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
     LoopSettings,
+    ModelSet,
     RunTotals,
     Unavailable,
     UnstorableRecord,
@@ -64,7 +67,7 @@ DB_TIMEOUTS = Timeouts(statement_s=10.0, lock_s=5.0)
 
 @dataclass(frozen=True)
 class ConsumeSettings:
-    model: Path
+    model: Path | None  # None: the live model of ``registry`` in the model registry
     bootstrap: str
     topics: tuple[str, ...]
     db: str
@@ -89,6 +92,10 @@ class ConsumeSettings:
     # start; 0: keep trying
     startup_timeout_s: float = 0.0
     liveness: LivenessSettings = field(default_factory=LivenessSettings)  # the watchdog
+    # Follow the model registry's roles of this topic (or group name) instead of --model:
+    # start on its live model, switch to a promotion between two batches, score its shadow.
+    registry: str | None = None
+    registry_poll_s: float = POLL_S
 
 
 class StartupTimeoutError(LatentwatchError):
@@ -171,7 +178,7 @@ def model_metrics(
     return metrics
 
 
-def run_consumer(
+def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place)
     settings: ConsumeSettings,
     stop: threading.Event | None = None,
     *,
@@ -182,10 +189,16 @@ def run_consumer(
     """Consume until ``stop`` is set (or SIGTERM/SIGINT in the main thread)."""
     stop = stop or threading.Event()
     torch.set_num_threads(max(settings.torch_threads, 1))
-    detector, manifest = artifact.load(settings.model)
     engine = make_engine(settings.db, settings.db_timeouts)
+    try:
+        models = _models(settings, engine, stop)
+    except BaseException:
+        engine.dispose()
+        raise
+    detector, manifest = models.live, models.manifest
     registry = registry or CollectorRegistry()
     metrics = model_metrics(registry, detector, manifest, settings.topics)
+    follower: RegistryFollower | None = None
     progress = Progress()
     watchdog = Watchdog(
         progress, metrics, _offset_reader(settings), settings=settings.liveness, stopping=stop
@@ -237,6 +250,14 @@ def run_consumer(
                 detector.version,
                 redact(settings.db),
             )
+            if settings.registry is not None:
+                follower = RegistryFollower(
+                    session_factory(engine),
+                    settings.registry,
+                    models,
+                    metrics,
+                    interval_s=settings.registry_poll_s,
+                ).start(stop)
             loop = ConsumerLoop(
                 source,
                 detector=detector,
@@ -246,6 +267,9 @@ def run_consumer(
                 settings=_loop_settings(settings),
                 on_batch=on_batch,
                 progress=progress,
+                shadow=models.shadow,
+                models=follower,
+                lifecycle_sink=sink,
             )
             freeze_startup_heap()
             started = time.monotonic()
@@ -264,8 +288,49 @@ def run_consumer(
             dead_letters.close()
         if server is not None:
             server.close()
+        if follower is not None:
+            follower.join()
         watchdog.close()
         engine.dispose()
+
+
+def _models(settings: ConsumeSettings, engine: Engine, stop: threading.Event) -> ModelSet:
+    """The model directory given, or the registry's live (and shadow) model of the topic."""
+    if settings.registry is None:
+        if settings.model is None:
+            raise ConfigError(
+                "no model: give --model DIR, or --registry TOPIC to follow the registry"
+            )
+        detector, manifest = artifact.load(settings.model)
+        return ModelSet(detector, manifest)
+    if settings.model is not None:
+        raise ConfigError(
+            "--model and --registry both given: a consumer follows the registry or scores with "
+            "one model directory, not both"
+        )
+    scope = settings.registry
+    sessions = session_factory(engine)
+
+    def resolve() -> ModelSet:
+        ensure_schema(engine)
+        return live_model(sessions, scope)
+
+    give_up_at = (
+        time.monotonic() + settings.startup_timeout_s if settings.startup_timeout_s else None
+    )
+    try:
+        models: ModelSet = _until_ready(
+            f"the model registry in {redact(settings.db)}", resolve, stop, give_up_at
+        )
+    except GaveUp as exc:
+        raise StartupTimeoutError(
+            f"{exc} (--startup-timeout {settings.startup_timeout_s:g} s)"
+        ) from None
+    return models
+
+
+class ConfigError(LatentwatchError):
+    """Consumer settings that contradict each other or miss what is needed."""
 
 
 def _finish(sink: SqlSink, totals: RunTotals, elapsed_s: float) -> None:

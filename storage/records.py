@@ -129,3 +129,41 @@ class StreamCount:
     def __post_init__(self) -> None:
         if self.minute.utcoffset() is None or self.minute.second or self.minute.microsecond:
             raise ValueError(f"StreamCount.minute must be an aware whole minute, got {self.minute}")
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    """A record as a model that is not the live one scored it (``run``: 'shadow', or a backfill
+    run's name), with the live model's verdict when there was one. Never a live flag. The same
+    (run, model_version, topic, partition, offset, kafka_timestamp) is stored once."""
+
+    run: str
+    model_version: str
+    topic: str
+    partition: int
+    offset: int
+    kafka_timestamp: int
+    record_id: str | None
+    scored_time: datetime
+    score: float
+    severity: float
+    p_value: float
+    flagged: bool
+    live_version: str | None = None
+    live_score: float | None = None
+    live_flagged: bool | None = None
+    record: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunCount:
+    """Records a non-live model scored and flagged in one minute of one topic, and how many of
+    them the live model flagged (0 for a backfill run): added up like :class:`StreamCount`."""
+
+    run: str
+    model_version: str
+    topic: str
+    minute: datetime
+    scored: int
+    flagged: int
+    live_flagged: int = 0

@@ -30,13 +30,15 @@ from storage.models import (
     ModelVersionRow,
     StreamCountRow,
 )
-from storage.records import FlaggedRecord, ModelVersion, StreamCount
+from storage.records import FlaggedRecord, ModelScore, ModelVersion, RunCount, StreamCount
 
 # What a stored record holds: its fields, and the readable form of its key.
 _RECORD_FIELDS = (*(field.name for field in fields(FlaggedRecord)), "key_text")
 _FLAGGED = Base.metadata.tables["flagged_records"]
 _MODEL_VERSIONS = Base.metadata.tables["model_versions"]
 _STREAM_COUNTS = Base.metadata.tables["stream_counts"]
+_MODEL_SCORES = Base.metadata.tables["model_scores"]
+_RUN_COUNTS = Base.metadata.tables["run_counts"]
 # Python attribute -> SQL column, where they differ ("offset" is a reserved word).
 _SQL_NAMES = {"partition": "kafka_partition", "offset": "kafka_offset"}
 # SQL names of the unique constraint that makes redelivery idempotent.
@@ -65,6 +67,8 @@ def write_flagged(
     models: Sequence[ModelVersion] = (),
     *,
     counts: Sequence[StreamCount] = (),
+    scores: Sequence[ModelScore] = (),
+    run_counts: Sequence[RunCount] = (),
     now: datetime | None = None,
 ) -> int:
     """Store a batch in one transaction and return how many records were new.
@@ -72,11 +76,12 @@ def write_flagged(
     Records already stored (same topic, partition, offset, Kafka timestamp) are skipped by the
     database, so the consumer can retry a whole batch after any failure. ``models`` are
     upserted: a new version gets ``first_seen = last_seen = now``, a known one only moves
-    ``last_seen`` forward. ``counts`` are added to the stored counts of their topic and minute.
+    ``last_seen`` forward. ``counts`` are added to the stored counts of their topic and minute;
+    ``scores`` (shadow and backfill rows, stored once each) and ``run_counts`` likewise.
     A record no database would store raises :class:`UnstorableRecordError` before anything is
     written; infrastructure errors propagate as SQLAlchemy exceptions, with nothing written.
     """
-    if not records and not models and not counts:
+    if not records and not models and not counts and not scores and not run_counts:
         return 0
     _check_models(models)  # the records are checked as their rows are built
     seen_at = now if now is not None else datetime.now(UTC)
@@ -116,7 +121,72 @@ def write_flagged(
                 )
             if counts:
                 _add_counts(session, counts)
+            if scores:
+                add_scores(session, scores)
+            if run_counts:
+                add_run_counts(session, run_counts)
     return inserted
+
+
+def add_scores(session: Session, scores: Sequence[ModelScore]) -> None:
+    """Shadow and backfill rows, each stored once (a redelivered batch adds nothing). A record
+    no database would store as JSON is kept without it: its scores still count."""
+    rows = []
+    for s in sorted(scores, key=lambda s: (s.run, s.topic, s.partition, s.offset)):
+        row = {_SQL_NAMES.get(f.name, f.name): getattr(s, f.name) for f in fields(ModelScore)}
+        if s.record is not None:
+            try:
+                _check_json(s.record, "record")
+            except UnstorableRecordError:
+                row["record"] = None
+        rows.append(row)
+    insert = _insert(session, _MODEL_SCORES).on_conflict_do_nothing(
+        index_elements=[
+            "run",
+            "model_version",
+            "topic",
+            "kafka_partition",
+            "kafka_offset",
+            "kafka_timestamp",
+        ]
+    )
+    session.execute(insert, rows)
+
+
+def add_run_counts(session: Session, counts: Sequence[RunCount]) -> None:
+    merged: dict[tuple[str, str, str, datetime], list[int]] = {}
+    for c in counts:
+        total = merged.setdefault((c.run, c.model_version, c.topic, c.minute), [0, 0, 0])
+        for i, n in enumerate((c.scored, c.flagged, c.live_flagged)):
+            total[i] += n
+    upsert = _insert(session, _RUN_COUNTS)
+    upsert = upsert.on_conflict_do_update(
+        index_elements=["run", "model_version", "topic", "minute"],
+        set_={
+            n: _RUN_COUNTS.c[n] + upsert.excluded[n] for n in ("scored", "flagged", "live_flagged")
+        },
+    )
+    session.execute(
+        upsert,
+        [
+            dict(
+                zip(
+                    (
+                        "run",
+                        "model_version",
+                        "topic",
+                        "minute",
+                        "scored",
+                        "flagged",
+                        "live_flagged",
+                    ),
+                    (*key, *merged[key]),
+                    strict=True,
+                )
+            )
+            for key in sorted(merged)
+        ],
+    )
 
 
 def _add_counts(session: Session, counts: Sequence[StreamCount]) -> None:

@@ -20,12 +20,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import attrgetter
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
 from detector.detector import Detector
-from storage.records import FlaggedRecord, StreamCount
+from storage.records import FlaggedRecord, ModelScore, RunCount, StreamCount
 from streams.liveness import Progress
 from streams.messages import (
     SCORING_FAILED,
@@ -39,6 +39,7 @@ from streams.messages import (
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
 from streams.scoring import EXPLAINED_FEATURES, TopicBatch, score_messages
+from streams.shadow import shadow_scores
 from streams.typed import TypedDecoder
 
 log = logging.getLogger("latentwatch.consumer")
@@ -73,6 +74,25 @@ class FlaggedSink(Protocol):
 
 class DeadLetterSink(Protocol):
     def send(self, rejections: Sequence[Rejection]) -> None: ...  # returns once acknowledged
+
+
+@dataclass(frozen=True)
+class ModelSet:
+    """The models a consumer scores with: the live one (its flags are the flags) and an
+    optional shadow one scoring the same batches (its rows are never live flags)."""
+
+    live: Detector
+    manifest: Mapping[str, Any]  # the live model's
+    shadow: Detector | None = None
+
+
+class ModelUpdates(Protocol):
+    def take(self) -> ModelSet | None: ...  # a change to switch to before the next batch
+
+
+class LifecycleSink(Protocol):
+    def use_model(self, version: str, manifest: Mapping[str, Any]) -> None: ...
+    def shadow(self, scores: Sequence[ModelScore], counts: Sequence[RunCount]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -187,8 +207,15 @@ class ConsumerLoop:
         clock: Callable[[], float] = time.time,
         on_batch: Callable[[BatchReport], None] | None = None,
         progress: Progress | None = None,
+        shadow: Detector | None = None,
+        models: ModelUpdates | None = None,
+        lifecycle_sink: LifecycleSink | None = None,
     ) -> None:
         self.source, self.detector, self.sink = source, detector, sink
+        # The model registry's changes, taken between batches (never within one); the sink
+        # learns the new live version and stores the shadow model's rows.
+        self.models, self.lifecycle_sink = models, lifecycle_sink
+        self.shadow = shadow
         self.progress = progress or Progress()  # marks for the liveness watchdog
         self.dead_letters, self.metrics = dead_letters, metrics
         self.settings = settings or LoopSettings()
@@ -196,11 +223,50 @@ class ConsumerLoop:
         self.on_batch = on_batch
         self.totals = RunTotals()
         self._typed = TypedDecoder(detector.schema) if self.settings.typed_decoding else None
+        self._typed_shadow = self._typed_for(shadow)
+
+    def _typed_for(self, detector: Detector | None) -> TypedDecoder | None:
+        if detector is None or not self.settings.typed_decoding:
+            return None
+        return TypedDecoder(detector.schema)
+
+    def take_models(self) -> None:
+        """Switch to the registry's models if they changed: called before a batch is scored,
+        so every record of a batch is scored by one live model."""
+        if self.models is None:
+            return
+        change = self.models.take()
+        if change is None:
+            return
+        m = self.metrics
+        if change.live is not self.detector:
+            log.info("live model %s -> %s", self.detector.version, change.live.version)
+            self.detector = change.live
+            self._typed = self._typed_for(change.live)
+            m.set_model(
+                change.live.version,
+                change.live.schema.fingerprint(),
+                str(change.manifest.get("created_at", "")),
+                change.live.calibrations.fpr,
+                change.live.cluster_shares.tolist(),
+            )
+            m.model_switched("live")
+            if self.lifecycle_sink is not None:
+                self.lifecycle_sink.use_model(change.live.version, change.manifest)
+        if change.shadow is not self.shadow:
+            old = self.shadow.version if self.shadow else "none"
+            new = change.shadow.version if change.shadow else "none"
+            log.info("shadow model %s -> %s", old, new)
+            self.shadow = change.shadow
+            self._typed_shadow = self._typed_for(change.shadow)
+            m.model_switched("shadow")
+        m.set_roles(self.detector.version, self.shadow.version if self.shadow else None)
 
     def run(self, stop: threading.Event) -> RunTotals:
         progress = self.progress
         while not stop.is_set():
             try:
+                self.take_models()  # between batches, and on a quiet stream too
                 progress.begin("poll")
                 messages = self._retry(
                     lambda: self.source.poll(
@@ -231,7 +297,32 @@ class ConsumerLoop:
         """Handle one polled batch end to end, with the record batches the poll stepped over;
         raises Stopped if shutdown interrupts a retry."""
         started = time.perf_counter()
-        self.persist_and_commit(self.score(messages), messages, started, stop, skipped)
+        self.take_models()
+        batches = self.score(messages)
+        if self.shadow is not None:
+            self.score_shadow(batches)
+        self.persist_and_commit(batches, messages, started, stop, skipped)
+
+    def score_shadow(self, batches: Sequence[TopicBatch]) -> None:
+        """The shadow model's rows and counts of the batches, handed to the sink to be written
+        with the live flags. A failure is logged and counted; it never holds the stream."""
+        shadow, sink = self.shadow, self.lifecycle_sink
+        if shadow is None or sink is None:
+            return
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        for b in batches:
+            try:
+                rows, count = shadow_scores(
+                    b, shadow, self.detector.version, now, self._typed_shadow
+                )
+            except Exception:
+                log.exception("shadow model %s failed on a batch of %s", shadow.version, b.topic)
+                self.metrics.model_load_failed("shadow", shadow.version)
+                continue
+            sink.shadow(rows, [count])
+            self.metrics.record_model(
+                b.topic, "shadow", shadow.version, count.scored, count.flagged
+            )
 
     def score(self, messages: Sequence[Message]) -> list[TopicBatch]:
         """Decode, score and explain; pure apart from the model's forward pass. A topic's batch
@@ -385,6 +476,9 @@ class ConsumerLoop:
                 m.record_rejects(b.topic, reasons)
             if b.scores is not None:
                 s = b.scores
+                m.record_model(
+                    b.topic, "live", self.detector.version, len(b.scored_messages), len(b.flagged)
+                )
                 m.record_scores(
                     b.topic,
                     score=s.score,

@@ -370,9 +370,46 @@ class StreamMetrics:
             "drift_window_records", "Records scored in the drift window (its last ten minutes)."
         )
         self._model = Info(f"{p}_model", "The loaded model.", registry=r)
+        self._lifecycle_metrics(counter, gauge)
 
         for topic in topics:
             self._add_topic(topic)
+
+    def _lifecycle_metrics(
+        self, counter: Callable[..., Counter], gauge: Callable[..., Gauge]
+    ) -> None:
+        """Metrics per model role and version, and of the registry's model changes."""
+        by_model = ["topic", "role", "version"]
+        self._model_scored = counter(
+            "model_records_scored",
+            "Records scored, by model role (live, shadow) and version.",
+            by_model,
+        )
+        self._model_flagged = counter(
+            "model_records_flagged",
+            "Records flagged, by model role and version; shadow flags never alert.",
+            by_model,
+        )
+        self._model_role = gauge(
+            "model_role",
+            "1 for the model version the consumer uses in each role.",
+            ["role", "version"],
+        )
+        self._model_switches = counter(
+            "model_switches",
+            "Model changes taken from the registry, between two batches.",
+            ["role"],
+        )
+        self._model_load_failures = counter(
+            "model_load_failures",
+            "Registry models this consumer could not load or use (it kept the model it had).",
+            ["role"],
+        )
+        self._model_load_failing = gauge(
+            "model_load_failing",
+            "1 while the registry's model for the role cannot be loaded here.",
+            ["role", "version"],
+        )
 
     def _add_topic(self, topic: str) -> None:
         if topic in self._topics:
@@ -402,6 +439,28 @@ class StreamMetrics:
         for k, share in enumerate(self._drift.reference_shares):
             self._reference_share.labels(cluster=str(k)).set(share)
         self._publish_drift(self._drift)
+
+    def set_roles(self, live: str, shadow: str | None) -> None:
+        """The versions in use: live, and shadow (None: no shadow model)."""
+        self._model_role.clear()
+        self._model_role.labels(role="live", version=live).set(1)
+        if shadow is not None:
+            self._model_role.labels(role="shadow", version=shadow).set(1)
+
+    def model_switched(self, role: str) -> None:
+        self._model_switches.labels(role=role).inc()
+
+    def model_load_failed(self, role: str, version: str) -> None:
+        self._model_load_failures.labels(role=role).inc()
+        self._model_load_failing.labels(role=role, version=version).set(1)
+
+    def model_load_cleared(self) -> None:
+        """The registry's models are in use (or were withdrawn): nothing is failing."""
+        self._model_load_failing.clear()
+
+    def record_model(self, topic: str, role: str, version: str, scored: int, flagged: int) -> None:
+        self._model_scored.labels(topic=topic, role=role, version=version).inc(scored)
+        self._model_flagged.labels(topic=topic, role=role, version=version).inc(flagged)
 
     def record_consumed(self, topic: str, count: int) -> None:
         self._add_topic(topic)

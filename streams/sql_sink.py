@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.records import FlaggedRecord, ModelVersion, StreamCount
+from storage.records import FlaggedRecord, ModelScore, ModelVersion, RunCount, StreamCount
 from storage.repository import UnstorableRecordError, write_flagged
 from streams.consumer import Unavailable, UnstorableRecord
 
@@ -47,6 +47,21 @@ class SqlSink:
         self._counts: list[StreamCount] = []
         self._counts_since: float | None = None
         self._unavailable = False  # the last write failed on the database
+        self._scores: list[ModelScore] = []  # the shadow model's rows, with the next write
+        self._run_counts: list[RunCount] = []
+
+    def use_model(self, version: str, manifest: Mapping[str, Any]) -> None:
+        """The live model changed (between two batches): the next write records the version."""
+        self._model = ModelVersion(version, manifest)
+        self._model_written_at = None
+
+    def shadow(self, scores: Sequence[ModelScore], counts: Sequence[RunCount]) -> None:
+        """The shadow model's rows and counts of a batch, written in the batch's transaction
+        (the counts wait like stream counts when there is nothing else to write)."""
+        self._scores.extend(scores)
+        if counts and self._counts_since is None:
+            self._counts_since = self._clock()
+        self._run_counts.extend(counts)
 
     def register_model(self) -> None:
         """Record the model version at start-up, before any record is flagged."""
@@ -62,7 +77,7 @@ class SqlSink:
     def write(self, records: Sequence[FlaggedRecord]) -> int:
         since = self._counts_since
         counts_due = since is not None and self._clock() - since >= self._counts_interval_s
-        if not records and not counts_due:
+        if not records and not counts_due and not self._scores:
             return 0  # most batches: no round trip at all
         last = self._model_written_at
         if last is None or self._clock() - last >= self._interval_s:
@@ -72,7 +87,7 @@ class SqlSink:
     def flush(self) -> None:
         """Write the counts still waiting (at shutdown), unless the last write failed: a
         shutdown does not wait on a database that is not answering for counts."""
-        if self._counts and not self._unavailable:
+        if (self._counts or self._run_counts) and not self._unavailable:
             self._write([], [])
 
     def _write_with_model(self, records: Sequence[FlaggedRecord]) -> int:
@@ -83,8 +98,17 @@ class SqlSink:
 
     def _write(self, records: Sequence[FlaggedRecord], models: list[ModelVersion]) -> int:
         try:
-            stored = write_flagged(self._sessions, records, models, counts=self._counts)
-            self._counts, self._counts_since = [], None  # only once the transaction committed
+            stored = write_flagged(
+                self._sessions,
+                records,
+                models,
+                counts=self._counts,
+                scores=self._scores,
+                run_counts=self._run_counts,
+            )
+            # only once the transaction committed
+            self._counts, self._counts_since = [], None
+            self._scores, self._run_counts = [], []
             self._unavailable = False
             return stored
         except UnstorableRecordError as exc:

@@ -3,26 +3,11 @@ and the one-line refusals."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from cancer_model import Model
-
-from latentwatch.cli import main
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    argv = sys.argv
-    sys.argv = ["latentwatch", *map(str, args)]
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    out, err = capsys.readouterr()
-    return code, out, err
+from cli_run import run
 
 
 def test_models_commands(

@@ -122,6 +122,10 @@ def exposed_names() -> set[str]:
     metrics.set_stuck("db_write", 0.0)
     metrics.set_ready(True)
     metrics.lag_lookup_error()
+    metrics.set_roles("v1", "v2")
+    metrics.record_model("records", "shadow", "v2", 2, 1)
+    metrics.model_switched("live")
+    metrics.model_load_failed("live", "v3")
     return {sample.name for family in registry.collect() for sample in family.samples}
 
 
@@ -330,6 +334,7 @@ def test_alerts_carry_severity_and_runbook_annotations() -> None:
     alerts = {rule["alert"]: rule for rule in rules() if "alert" in rule}
     assert set(alerts) == {
         "LatentwatchFlaggedShareHigh",
+        "LatentwatchModelRefused",
         "LatentwatchLatentDriftHigh",
         "LatentwatchMeanSurpriseHigh",
         "LatentwatchConsumerLagGrowing",
