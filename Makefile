@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit system-deps bench dashboards clean
+.PHONY: demo test lint typecheck unit coverage system-deps bench dashboards clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ unit: $(STAMP)
 test: $(STAMP) system-deps lint typecheck
 	$(BIN)/pytest
 
+# the whole suite under coverage.py, then the per-module report (settings in pyproject.toml)
+coverage: $(STAMP) system-deps
+	$(BIN)/coverage run -m pytest
+	$(BIN)/coverage report
+
 bench: $(STAMP)
 	$(BIN)/pip install --quiet "torch==2.13.0" -e ".[bench]"
 	$(BIN)/python bench/datasets.py
@@ -40,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/scoring.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo .coverage

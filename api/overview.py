@@ -13,14 +13,9 @@ from api.params import NO_NUL, FilterDep
 from api.schemas import ErrorOut, EvaluationOut, ModelOut, StatsOut
 from api.settings import ApiSettings
 from detector.calibration import flag_severity
-from storage.queries import (
-    ModelInfo,
-    QueryError,
-    evaluate,
-    flagged_stats,
-    model_versions,
-    parse_bucket,
-)
+from storage.evaluation import ModelInfo, evaluate, model_versions
+from storage.queries import QueryError
+from storage.stats import flagged_stats, parse_bucket
 
 VersionText = Annotated[str, Path(max_length=64, pattern=NO_NUL, description="Model version.")]
 

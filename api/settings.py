@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 
 # Names a browser only sends for this machine: a page of another origin cannot make a browser
 # send them to this server (DNS rebinding needs a name the attacker's DNS answers for).

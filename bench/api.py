@@ -30,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+from databases import throwaway_databases
 
 from latentwatch.embedded import free_port
-from storage.database import make_engine, session_factory, throwaway_databases, upgrade
+from storage.database import make_engine, session_factory, upgrade
 from storage.records import FlaggedRecord, ModelVersion
 from storage.repository import write_flagged
 

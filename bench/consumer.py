@@ -33,9 +33,10 @@ from detector.schema import SchemaOptions
 from latentwatch.service import model_metrics
 from storage.database import ensure_schema, make_engine, session_factory
 from storage.repository import write_flagged
-from streams.consumer import ConsumerLoop, LoopSettings, Offsets
+from streams.consumer import ConsumerLoop, Offsets
 from streams.liveness import Progress
 from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
+from streams.settings import LoopSettings
 from streams.sql_sink import SqlSink
 
 PARTITIONS = 4

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from databases import throwaway_databases
 from machine import describe
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
@@ -31,7 +32,6 @@ from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker
-from storage.database import throwaway_databases
 from streams.kafka import ensure_topics, make_producer
 
 

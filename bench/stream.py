@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
+from databases import throwaway_databases
 from kafka import KafkaConsumer
 from machine import describe
 from sklearn.datasets import load_breast_cancer
@@ -52,11 +53,12 @@ from detector import artifact
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
-from storage.database import throwaway_databases
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from streams.consumer import BatchReport
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
+from streams.settings import KafkaSettings, LoopSettings
 
 PARTITIONS = 4
 MAX_RECORDS = 2000
@@ -201,9 +203,9 @@ def consumer_processes(
                 "--model",
                 str(settings.model),
                 "--bootstrap",
-                settings.bootstrap,
+                settings.kafka.bootstrap,
                 "--topic",
-                settings.topics[0],
+                settings.kafka.topics[0],
                 "--db",
                 db,
                 "--group",
@@ -211,8 +213,8 @@ def consumer_processes(
                 "--metrics-port",
                 str(port),
                 "--max-records",
-                str(settings.max_records),
-                "--typed-decoding" if settings.typed_decoding else "--no-typed-decoding",
+                str(settings.loop.max_records),
+                "--typed-decoding" if settings.loop.typed_decoding else "--no-typed-decoding",
                 "--log-level",
                 "warning",
             ],
@@ -342,7 +344,13 @@ def shadow_cost(
         if shadow:
             registry.shadow(candidate.version)
         engine.dispose()
-        following = replace(settings, model=None, registry="bench", db=url, group=f"g-{name}")
+        following = replace(
+            settings,
+            model=None,
+            registry="bench",
+            db=url,
+            kafka=replace(settings.kafka, group=f"g-{name}"),
+        )
         with BackgroundConsumer(following) as consumer:
             wait_consumed(consumer, n, timeout_s=600)
         flagged = int(
@@ -447,13 +455,12 @@ def main() -> None:
 
         settings = ConsumeSettings(
             model=workdir / "model",
-            bootstrap=broker.bootstrap,
-            topics=("bench",),
             db=database("e2e"),
-            group="bench-e2e",
+            kafka=KafkaSettings(broker.bootstrap, "bench-e2e", ("bench",)),
+            loop=LoopSettings(
+                max_records=args.max_records, typed_decoding=not args.no_typed_decoding
+            ),
             metrics_port=None,
-            max_records=args.max_records,
-            typed_decoding=not args.no_typed_decoding,
         )
         if args.shadow:
             shadow_cost(settings, detector, workdir, database, args.records, args.rounds, store)
@@ -481,14 +488,18 @@ def main() -> None:
             raw = raw_ceiling(
                 broker.bootstrap, "bench", args.records, args.max_records, f"bench-raw-{i}"
             )
-            round_settings = replace(settings, db=database(f"e2e-{i}"), group=f"bench-e2e-{i}")
+            round_settings = replace(
+                settings,
+                db=database(f"e2e-{i}"),
+                kafka=replace(settings.kafka, group=f"bench-e2e-{i}"),
+            )
             with BackgroundConsumer(round_settings) as consumer:
                 wait_consumed(consumer, args.records, timeout_s=300)
             orjson_settings = replace(
                 settings,
                 db=database(f"e2e-orjson-{i}"),
-                group=f"bench-e2e-orjson-{i}",
-                typed_decoding=False,
+                kafka=replace(settings.kafka, group=f"bench-e2e-orjson-{i}"),
+                loop=replace(settings.loop, typed_decoding=False),
             )
             with BackgroundConsumer(orjson_settings) as orjson_consumer:
                 wait_consumed(orjson_consumer, args.records, timeout_s=300)
@@ -505,9 +516,8 @@ def main() -> None:
 
         latency_settings = replace(
             settings,
-            topics=("latency",),
             db=database("latency"),
-            group="bench-latency",
+            kafka=replace(settings.kafka, topics=("latency",), group="bench-latency"),
         )
         n_latency = int(args.rate * args.seconds)
         with BackgroundConsumer(latency_settings) as consumer:

@@ -4,7 +4,7 @@
     python dashboards/build.py --check   # exit 1 if the checked-in JSON is out of date
 
 Every PromQL expression is in :data:`PANEL_QUERIES` and the SQL of the flagged-records table is
-:data:`FLAGGED_RECORDS_SQL`; the tests (tests/observability/test_obs_dashboards.py) parse them
+:data:`FLAGGED_RECORDS_SQL`; the tests (tests/deployment/test_deployment_dashboards.py) parse them
 with promtool and check their metric and column names against the code.
 Datasources are dashboard variables: ``${datasource}`` (Prometheus) and ``${flagged_db}``
 (PostgreSQL), provisioned with the fixed uids ``prometheus`` and ``latentwatch-postgres``.
@@ -193,6 +193,36 @@ FLAGGED_RECORDS_SQL = (
     "WHERE $__timeFilter(scored_time) AND model_version IN (${model:sqlstring})\n"
     "ORDER BY scored_time DESC\n"
     "LIMIT 50"
+)
+
+
+# Live against shadow over the time range, per shadow model, for the consumers' live models
+# picked (docs/lifecycle.md; the full comparison is GET /api/models/compare).
+SHADOW_COMPARISON_COLUMNS = (
+    "shadow_version",
+    "scored",
+    "live_flag_rate",
+    "shadow_flag_rate",
+    "both_flagged",
+    "either_flagged",
+)
+SHADOW_COMPARISON_SQL = (
+    "SELECT c.model_version AS shadow_version, c.scored,\n"
+    "  c.live_flagged::float / NULLIF(c.scored, 0) AS live_flag_rate,\n"
+    "  c.flagged::float / NULLIF(c.scored, 0) AS shadow_flag_rate,\n"
+    "  s.both_flagged, s.either_flagged\n"
+    "FROM (SELECT model_version, SUM(scored) AS scored, SUM(flagged) AS flagged,\n"
+    "    SUM(live_flagged) AS live_flagged\n"
+    "  FROM run_counts WHERE run = 'shadow' AND $__timeFilter(minute)\n"
+    "  GROUP BY model_version) c\n"
+    "JOIN (SELECT model_version,\n"
+    "    SUM(CASE WHEN flagged AND live_flagged THEN 1 ELSE 0 END) AS both_flagged,\n"
+    "    COUNT(*) AS either_flagged\n"
+    "  FROM model_scores\n"
+    "  WHERE run = 'shadow' AND $__timeFilter(scored_time)\n"
+    "    AND live_version IN (${model:sqlstring})\n"
+    "  GROUP BY model_version) s ON s.model_version = c.model_version\n"
+    "ORDER BY c.scored DESC"
 )
 
 
@@ -522,6 +552,21 @@ def models_row() -> Section:
                 "1 per consumer for the versions it scores with; a 'cannot load' line means "
                 "the registry's model was refused here and the previous one kept."
             )
+        )
+        .with_panel(
+            table.Panel()
+            .id(73)
+            .title("Live against shadow")
+            .description(
+                "Per shadow model over the time range: the records both models scored, each "
+                "one's flag rate (compare with its calibrated false-alarm rate) and the flagged "
+                "records they share (PostgreSQL; precision and rank correlation: "
+                "GET /api/models/compare)."
+            )
+            .datasource(FLAGGED_DB)
+            .height(6)
+            .span(24)
+            .with_target(Sql("A", SHADOW_COMPARISON_SQL))
         )
     )
 

@@ -26,9 +26,10 @@ import safetensors.numpy
 import safetensors.torch
 from safetensors import SafetensorError
 
+from common.errors import os_error_reason
 from detector.calibration import Calibration
 from detector.detector import Detector, DetectorConfig, FitReport, LatentMap
-from detector.errors import ArtifactError, os_error_reason
+from detector.errors import ArtifactError
 from detector.mixture import ReferenceMixture
 from detector.schema import Schema
 from detector.scoring import LEGACY_RULE, Calibrations

@@ -192,14 +192,14 @@ class Detector:
             return out
 
         return ScoreBatch(
-            score=full(cal["score"], np.nan),
-            p_value=full(cal["p_value"], np.nan),
-            severity=full(cal["severity"], np.nan),
-            flagged=full(cal["flagged"], False),
+            score=full(cal.score, np.nan),
+            p_value=full(cal.p_value, np.nan),
+            severity=full(cal.severity, np.nan),
+            flagged=full(cal.flagged, False),
             density=full(density, np.nan),
-            density_p_value=full(cal["density_p_value"], np.nan),
+            density_p_value=full(cal.density_p_value, np.nan),
             reconstruction=full(reconstruction, np.nan),
-            reconstruction_p_value=full(cal["reconstruction_p_value"], np.nan),
+            reconstruction_p_value=full(cal.reconstruction_p_value, np.nan),
             cluster=full(cluster, -1),
             cluster_distance=full(distance, np.nan),
             contributions=full(contrib, np.nan),

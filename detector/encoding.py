@@ -172,8 +172,8 @@ def _numeric_matrix(names: Sequence[str], columns: Columns, n_rows: int) -> np.n
 
 
 def _encode_numeric_matrix(scaling: tuple[np.ndarray, np.ndarray], raw: np.ndarray) -> EncodedBatch:
-    """:func:`_encode_numeric` for every field at once (the per-field loop cost about 15 µs a
-    field and batch); the same values."""
+    """:func:`_encode_numeric` for every field at once, in a few array operations instead of a
+    loop over the fields; the same values."""
     centers, scales = scaling
     missing = ~np.isfinite(raw)
     z = np.clip((raw - centers) / scales, -CLIP_SIGMAS, CLIP_SIGMAS)
@@ -192,8 +192,8 @@ def numeric_block(names: Sequence[str], records: Sequence[object]) -> np.ndarray
     fast path does not apply: a record that is not a dict, lacks one of the fields, or holds a
     value that is not a plain number. The general path then finds out which record and why.
 
-    One C-level lookup per record touches each record once; one pass over the batch per field
-    touches every record once per field, which measured about four times slower."""
+    One C-level lookup per record touches each record once, where one pass over the batch per
+    field would touch every record once per field."""
     if not names or set(map(type, records)) != {dict}:
         return None
     dicts = cast(Sequence[dict[str, object]], records)

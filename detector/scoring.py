@@ -149,17 +149,27 @@ def combine(density: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
     return density + reconstruction
 
 
-def calibrated(
-    cal: Calibrations, density: np.ndarray, reconstruction: np.ndarray
-) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Calibrated:
+    """The calibrated part of a :class:`ScoreBatch`, for valid rows only."""
+
+    score: np.ndarray
+    p_value: np.ndarray
+    severity: np.ndarray
+    flagged: np.ndarray
+    density_p_value: np.ndarray
+    reconstruction_p_value: np.ndarray
+
+
+def calibrated(cal: Calibrations, density: np.ndarray, reconstruction: np.ndarray) -> Calibrated:
     """Combined score, p-values, severity and the flag decision for valid rows."""
     score = combine(density, reconstruction)
     p = p_values(cal.score, score)
-    return {
-        "score": score,
-        "p_value": p,
-        "severity": severity(p),
-        "flagged": score > cal.threshold,
-        "density_p_value": p_values(cal.density, density),
-        "reconstruction_p_value": p_values(cal.reconstruction, reconstruction),
-    }
+    return Calibrated(
+        score=score,
+        p_value=p,
+        severity=severity(p),
+        flagged=score > cal.threshold,
+        density_p_value=p_values(cal.density, density),
+        reconstruction_p_value=p_values(cal.reconstruction, reconstruction),
+    )

@@ -9,12 +9,27 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from detector.errors import LatentwatchError
 from latentwatch.models_cli import models_app, rescore
+from latentwatch.options import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    EXIT_USER_ERROR,
+    ConfigOption,
+    env_var,
+    error_line,
+    fail,
+    parse_kafka_options,
+    setup_logging,
+    split_values,
+)
+from latentwatch.settings import METRICS_PORT, ConsumeSettings
+from streams.messages import DecodePolicy
+from streams.settings import IsolationLevel, KafkaSettings, LoopSettings
 
 app = typer.Typer(
     name="latentwatch",
@@ -24,21 +39,6 @@ app = typer.Typer(
     rich_markup_mode=None,  # click's plain help: readable at 80 columns, nothing cut
     add_completion=False,
 )
-
-EXIT_USER_ERROR = 1
-EXIT_USAGE = 2  # click's code for a command line it cannot parse
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
-def fail(message: str) -> NoReturn:
-    typer.echo(f"latentwatch: error: {message}", err=True)
-    raise typer.Exit(EXIT_USER_ERROR)
-
-
-def _split(values: list[str] | None) -> tuple[str, ...]:
-    """`--exclude a --exclude b` and `--exclude a,b` both work."""
-    return tuple(v for item in values or () for v in item.split(",") if v)
 
 
 @app.command()
@@ -52,7 +52,7 @@ def train(
         str | None, typer.Option(help="Read the reference records from this topic instead")
     ] = None,
     bootstrap: Annotated[
-        str | None, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka brokers (--from-topic)")
+        str | None, typer.Option(envvar=env_var("BOOTSTRAP"), help="Kafka brokers (--from-topic)")
     ] = None,
     since: Annotated[
         str | None, typer.Option(help="--from-topic: the records of the last AGE, e.g. 24h")
@@ -70,10 +70,10 @@ def train(
         typer.Option(help="--from-topic: register the model and make it the topic's 'shadow'"),
     ] = None,
     db: Annotated[
-        str | None, typer.Option(envvar=_env("DB"), help="Database of the model registry")
+        str | None, typer.Option(envvar=env_var("DB"), help="Database of the model registry")
     ] = None,
     store: Annotated[
-        Path | None, typer.Option(envvar=_env("MODEL_STORE"), help="Model store folder")
+        Path | None, typer.Option(envvar=env_var("MODEL_STORE"), help="Model store folder")
     ] = None,
     exclude: Annotated[
         list[str] | None, typer.Option(help="Column(s) that are not features, e.g. a label")
@@ -129,7 +129,7 @@ def train(
 
     torch.set_num_threads(max(threads, 1))
     options = SchemaOptions(
-        id_column=id_column, timestamp_column=timestamp_column, exclude=_split(exclude)
+        id_column=id_column, timestamp_column=timestamp_column, exclude=split_values(exclude)
     )
     config = DetectorConfig(fpr=fpr, training=replace(TrainingConfig(), seed=seed))
     with training_progress(config.training.max_steps) as progress:
@@ -150,17 +150,22 @@ def train(
         register_trained(out, stream)
 
 
+# The numeric columns of `latentwatch score`'s CSV, in order: a ScoreBatch field each, and the
+# type it is written as; the top features, the reject reason and the nearest normal follow.
+_NUMBER_COLUMNS: tuple[tuple[str, type[float] | type[int]], ...] = (
+    ("score", float),
+    ("severity", float),
+    ("p_value", float),
+    ("flagged", int),
+    ("density", float),
+    ("density_p_value", float),
+    ("reconstruction", float),
+    ("reconstruction_p_value", float),
+    ("cluster", int),
+    ("cluster_distance", float),
+)
 SCORE_COLUMNS = (
-    "score",
-    "severity",
-    "p_value",
-    "flagged",
-    "density",
-    "density_p_value",
-    "reconstruction",
-    "reconstruction_p_value",
-    "cluster",
-    "cluster_distance",
+    *(name for name, _ in _NUMBER_COLUMNS),
     "top_features",
     "reason",
     "nearest_normal",
@@ -238,21 +243,8 @@ def score(
         for i in range(table.n_rows):
             ok = bool(scores.valid[i])
             row: list[Any] = [ids[i]] if ids is not None else []
-            row += [
-                float(scores.score[i]),
-                float(scores.severity[i]),
-                float(scores.p_value[i]),
-                int(scores.flagged[i]),
-                float(scores.density[i]),
-                float(scores.density_p_value[i]),
-                float(scores.reconstruction[i]),
-                float(scores.reconstruction_p_value[i]),
-                int(scores.cluster[i]),
-                float(scores.cluster_distance[i]),
-                ";".join(names[i]),
-                "" if ok else scores.reasons[i],
-                walks.get(i, ""),
-            ]
+            row += [kind(getattr(scores, name)[i]) for name, kind in _NUMBER_COLUMNS]
+            row += [";".join(names[i]), "" if ok else scores.reasons[i], walks.get(i, "")]
             yield ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
 
     header = ([schema.id_column] if schema.id_column else []) + list(SCORE_COLUMNS)
@@ -283,27 +275,6 @@ def inspect(
         typer.echo(model_summary(detector, manifest))
 
 
-def _error_line(exc: Exception) -> tuple[str, int] | None:
-    """What a user sees of an error they can act on (their input, their set-up, the file system,
-    the database), as a message and an exit code; None for a bug, which keeps its traceback."""
-    from sqlalchemy.exc import InterfaceError, OperationalError
-
-    if isinstance(exc, LatentwatchError):
-        return str(exc), EXIT_USER_ERROR
-    if isinstance(exc, typer.TyperException):  # click's (vendored): `--fpr abc`, a missing option
-        ctx = getattr(exc, "ctx", None)  # usage errors know their command
-        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-        return exc.format_message().rstrip(".") + hint, exc.exit_code
-    if isinstance(exc, typer.Abort):  # end of input at a prompt
-        return "aborted", EXIT_USER_ERROR
-    if isinstance(exc, OperationalError | InterfaceError):  # unreachable, cannot open, locked
-        return f"database unavailable: {exc.orig or exc}", EXIT_USER_ERROR
-    if isinstance(exc, OSError):
-        where = f"{exc.filename}: " if exc.filename else ""
-        return f"{where}{exc.strerror or exc}", EXIT_USER_ERROR
-    return None
-
-
 def main() -> None:
     """Console entry point: a user error is one line on stderr and a non-zero exit, never a
     traceback (the one place where errors become that line)."""
@@ -317,7 +288,7 @@ def main() -> None:
         if type(exc).__name__ == "NoArgsIsHelpError":
             typer.echo(getattr(exc, "format_message", lambda: "")())
             sys.exit(EXIT_USAGE)
-        error = _error_line(exc)
+        error = error_line(exc)
         if error is None:
             raise
         message, code = error
@@ -328,128 +299,41 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-def _env(name: str) -> str:
-    return f"LATENTWATCH_{name}"
-
-
-def _setup_logging(level: str) -> None:
-    import logging
-
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # kafka-python narrates every reconnect at INFO/WARNING; our own lines say what matters.
-    logging.getLogger("kafka").setLevel(max(logging.getLogger().level, logging.ERROR))
-    logging.getLogger("alembic").setLevel(max(logging.getLogger().level, logging.WARNING))
-
-
-def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
-    """`--config FILE`: the command's options from the TOML table named after it (`[consume]`,
-    `[api]`, `[db.prune]`; names as on the command line, `-` or `_`). The command line and
-    `LATENTWATCH_*` variables win over the file, the file over the built-in defaults (click's
-    default map)."""
-    if value is None or ctx.resilient_parsing:
-        return value
-    import tomllib
-
-    try:
-        document = tomllib.loads(value.read_text(encoding="utf-8"))
-    except OSError as exc:
-        fail(f"cannot read config file {value}: {exc.strerror or exc}")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        fail(f"config file {value} is not valid TOML: {exc}")
-    path = [ctx.info_name or ""]
-    if ctx.parent is not None and ctx.parent.parent is not None:  # a group's: [db.prune]
-        path.insert(0, ctx.parent.info_name or "")
-    command = ".".join(path)
-    section: Any = document
-    for name in path:
-        section = section.get(name) if isinstance(section, dict) else None
-    if not isinstance(section, dict):
-        fail(f"config file {value} has no [{command}] table")
-    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
-    defaults: dict[str, Any] = {}
-    for key, item in section.items():
-        name = key.replace("-", "_")
-        param = params.get(name)
-        if param is None:
-            known = ", ".join(sorted(n.replace("_", "-") for n in params))
-            fail(f"config file {value}: [{command}] has no setting {key!r} (known: {known})")
-        multiple = getattr(param, "multiple", False)
-        defaults[name] = [item] if multiple and not isinstance(item, list) else item
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config",
-        envvar=_env("CONFIG"),
-        is_eager=True,
-        callback=_load_config,
-        help="TOML file with this command's options in a table named after it",
-    ),
-]
-
-
-def _kafka_options(values: list[str] | None) -> dict[str, object]:
-    """`--kafka-option security_protocol=SASL_SSL` -> {"security_protocol": "SASL_SSL"}; several
-    may share one value separated by commas (`a=1,b=2`), and a comma not followed by a new
-    `name=` stays in the value (`ssl_ciphers=A,B`). Each client gets the settings it knows,
-    typed by kafka-python's defaults (streams.kafka.options_for); unknown names fail here."""
-    from streams.kafka import check_options
-
-    items: list[str] = []
-    for value in values or ():
-        for piece in value.split(","):
-            if items and "=" not in piece:
-                items[-1] += "," + piece
-            elif piece:
-                items.append(piece)
-    options: dict[str, object] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            fail(f"--kafka-option expects name=value, got {item!r}")
-        options[name.strip()] = value.strip()
-    check_options(options)
-    return options
-
-
 @app.command()
 def consume(
     bootstrap: Annotated[
         str,
-        typer.Option(envvar=_env("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
+        typer.Option(envvar=env_var("BOOTSTRAP"), metavar="HOST:PORT[,...]", help="Kafka brokers"),
     ],
     topic: Annotated[
         list[str],
-        typer.Option(envvar=_env("TOPICS"), metavar="TOPIC", help="Topic(s) to watch"),
+        typer.Option(envvar=env_var("TOPICS"), metavar="TOPIC", help="Topic(s) to watch"),
     ],
     db: Annotated[
         str,
-        typer.Option(envvar=_env("DB"), metavar="URL", help="Database for flagged records"),
+        typer.Option(envvar=env_var("DB"), metavar="URL", help="Database for flagged records"),
     ],
     model: Annotated[
         Path | None,
-        typer.Option(envvar=_env("MODEL"), metavar="DIR", help="Model directory (or --registry)"),
+        typer.Option(
+            envvar=env_var("MODEL"), metavar="DIR", help="Model directory (or --registry)"
+        ),
     ] = None,
     registry: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("REGISTRY"),
+            envvar=env_var("REGISTRY"),
             metavar="TOPIC",
             help="Follow the model registry's live and shadow models of TOPIC (docs/lifecycle.md)",
         ),
     ] = None,
     group: Annotated[
-        str, typer.Option(envvar=_env("GROUP"), metavar="NAME", help="Consumer group")
-    ] = "latentwatch",
+        str, typer.Option(envvar=env_var("GROUP"), metavar="NAME", help="Consumer group")
+    ] = KafkaSettings.group,
     deadletter_topic: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("DEADLETTER_TOPIC"),
+            envvar=env_var("DEADLETTER_TOPIC"),
             metavar="TOPIC",
             help="Dead-letter topic [default: <topic>.deadletter]",
         ),
@@ -457,77 +341,77 @@ def consume(
     metrics_host: Annotated[
         str,
         typer.Option(
-            envvar=_env("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
+            envvar=env_var("METRICS_HOST"), metavar="ADDRESS", help="Address of /metrics to bind"
         ),
-    ] = "127.0.0.1",
+    ] = ConsumeSettings.metrics_host,
     metrics_port: Annotated[
         int,
         typer.Option(
-            envvar=_env("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
+            envvar=env_var("METRICS_PORT"), metavar="PORT", help="Prometheus /metrics port; -1: off"
         ),
-    ] = 9464,
+    ] = METRICS_PORT,
     max_records: Annotated[
         int,
-        typer.Option(envvar=_env("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
-    ] = 2000,
+        typer.Option(envvar=env_var("MAX_RECORDS"), metavar="N", help="Records per poll, at most"),
+    ] = LoopSettings.max_records,
     typed_decoding: Annotated[
         bool,
         typer.Option(
-            envvar=_env("TYPED_DECODING"),
+            envvar=env_var("TYPED_DECODING"),
             help="Decode batches of known fields straight into the model's columns (msgspec)",
         ),
-    ] = True,
+    ] = LoopSettings.typed_decoding,
     session_timeout_ms: Annotated[
         int,
         typer.Option(
-            envvar=_env("SESSION_TIMEOUT_MS"),
+            envvar=env_var("SESSION_TIMEOUT_MS"),
             metavar="MS",
             help="Consumer-group session: a member silent this long is replaced",
         ),
-    ] = 6000,
+    ] = KafkaSettings.session_timeout_ms,
     max_message_bytes: Annotated[
         int,
         typer.Option(
-            envvar=_env("MAX_MESSAGE_BYTES"),
+            envvar=env_var("MAX_MESSAGE_BYTES"),
             metavar="BYTES",
             help="Larger message values are dead-lettered as oversized",
         ),
-    ] = 1_048_576,
+    ] = DecodePolicy.max_bytes,
     explain_features: Annotated[
         int,
         typer.Option(
-            envvar=_env("EXPLAIN_FEATURES"),
+            envvar=env_var("EXPLAIN_FEATURES"),
             min=0,
             metavar="N",
             help="Features explained per flagged record, most surprising first; 0: all",
         ),
-    ] = 5,
+    ] = LoopSettings.explained_features,
     require: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("REQUIRED_FIELDS"), metavar="FIELD", help="Field(s) a record must carry"
+            envvar=env_var("REQUIRED_FIELDS"), metavar="FIELD", help="Field(s) a record must carry"
         ),
     ] = None,
     schema_version: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("SCHEMA_VERSIONS"),
+            envvar=env_var("SCHEMA_VERSIONS"),
             metavar="VERSION",
             help="Accepted `schema-version` header / `schema_version` field values",
         ),
     ] = None,
     isolation_level: Annotated[
-        Literal["read_uncommitted", "read_committed"],
+        IsolationLevel,
         typer.Option(
-            envvar=_env("ISOLATION_LEVEL"),
+            envvar=env_var("ISOLATION_LEVEL"),
             help="read_committed: only records of committed transactions (transactional "
             "producers); read_uncommitted: every record, Kafka's default",
         ),
-    ] = "read_uncommitted",
+    ] = KafkaSettings.isolation_level,
     kafka_option: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("KAFKA_OPTIONS"),
+            envvar=env_var("KAFKA_OPTIONS"),
             metavar="NAME=VALUE",
             help="Extra kafka-python setting, e.g. security_protocol=SASL_SSL",
         ),
@@ -535,17 +419,17 @@ def consume(
     startup_timeout: Annotated[
         float,
         typer.Option(
-            envvar=_env("STARTUP_TIMEOUT"),
+            envvar=env_var("STARTUP_TIMEOUT"),
             min=0,
             metavar="SECONDS",
             help="How long to keep trying to reach the database and Kafka at start before "
             "exiting with an error; 0: keep trying",
         ),
-    ] = 0.0,
+    ] = ConsumeSettings.startup_timeout_s,
     log_level: Annotated[
         str,
         typer.Option(
-            envvar=_env("LOG_LEVEL"), metavar="LEVEL", help="debug, info, warning or error"
+            envvar=env_var("LOG_LEVEL"), metavar="LEVEL", help="debug, info, warning or error"
         ),
     ] = "info",
     config: ConfigOption = None,
@@ -555,28 +439,37 @@ def consume(
     Topics may be compressed with gzip, snappy, lz4 or zstd; keys may be binary. Every option
     can also come from its environment variable or a --config file (docs/streams.md).
     """
-    from latentwatch.service import ConsumeSettings, run_consumer
+    from latentwatch.service import run_consumer
 
-    _setup_logging(log_level)
+    setup_logging(log_level)
+    kafka = KafkaSettings(
+        bootstrap=bootstrap,
+        group=group,
+        topics=split_values(topic),
+        session_timeout_ms=session_timeout_ms,
+        isolation_level=isolation_level,
+        extra=parse_kafka_options(kafka_option),
+    )
+    policy = DecodePolicy(
+        max_bytes=max_message_bytes,
+        required_fields=split_values(require),
+        schema_versions=split_values(schema_version),
+    )
+    loop = LoopSettings(
+        max_records=max_records,
+        policy=policy,
+        explained_features=explain_features,
+        typed_decoding=typed_decoding,
+    )
     settings = ConsumeSettings(
         model=model,
         registry=registry,
-        bootstrap=bootstrap,
-        topics=_split(topic),
         db=db,
-        group=group,
+        kafka=kafka,
+        loop=loop,
         deadletter_topic=deadletter_topic,
         metrics_host=metrics_host,
         metrics_port=None if metrics_port < 0 else metrics_port,
-        max_records=max_records,
-        typed_decoding=typed_decoding,
-        session_timeout_ms=session_timeout_ms,
-        max_message_bytes=max_message_bytes,
-        explained_features=explain_features,
-        required_fields=_split(require),
-        schema_versions=_split(schema_version),
-        kafka_options=_kafka_options(kafka_option),
-        isolation_level=isolation_level,
         startup_timeout_s=startup_timeout,
     )
     run_consumer(settings)
@@ -585,13 +478,13 @@ def consume(
 @app.command()
 def replay(
     data: Annotated[Path, typer.Option(help="Records to send: .csv, .jsonl or .parquet")],
-    bootstrap: Annotated[str, typer.Option(envvar=_env("BOOTSTRAP"), help="Kafka host:port")],
+    bootstrap: Annotated[str, typer.Option(envvar=env_var("BOOTSTRAP"), help="Kafka host:port")],
     topic: Annotated[str, typer.Option(help="Topic to send to")],
     rate: Annotated[
         float | None, typer.Option(help="Records per second (default: flat out)")
     ] = None,
     key_field: Annotated[str | None, typer.Option(help="Field to use as the message key")] = None,
-    kafka_option: Annotated[list[str] | None, typer.Option(envvar=_env("KAFKA_OPTIONS"))] = None,
+    kafka_option: Annotated[list[str] | None, typer.Option(envvar=env_var("KAFKA_OPTIONS"))] = None,
 ) -> None:
     """Send a file's records to a topic as JSON messages, one per record."""
     from latentwatch.datafiles import read_table
@@ -607,7 +500,7 @@ def replay(
         topic,
         rate=rate,
         key_field=key_field,
-        kafka_options=_kafka_options(kafka_option),
+        kafka_options=parse_kafka_options(kafka_option),
     )
     typer.echo(
         f"sent {report.sent} records to {topic} in {report.seconds:.1f} s"
@@ -625,7 +518,7 @@ app.command("rescore")(rescore)
 
 @db_app.command("upgrade")
 def db_upgrade(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL")],
     config: ConfigOption = None,
 ) -> None:
     """Create or migrate the schema to the newest version (Alembic)."""
@@ -641,9 +534,9 @@ def db_upgrade(
 
 @db_app.command("prune")
 def db_prune(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL")],
     older_than: Annotated[
-        str, typer.Option(envvar=_env("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
+        str, typer.Option(envvar=env_var("RETENTION"), help="Age, e.g. 30d, 12h, 2w")
     ] = "30d",
     config: ConfigOption = None,
 ) -> None:
@@ -682,7 +575,7 @@ def demo(
 
     from latentwatch.demo import DemoOptions, run_demo, summary_table
 
-    _setup_logging("warning")
+    setup_logging("warning")
     console = Console()
     options = DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running)
     try:
@@ -717,19 +610,19 @@ def _sigterm_unwinds() -> Iterator[None]:
 @app.command()
 def api(
     ctx: typer.Context,
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL of flagged records")],
     host: Annotated[
         str,
         typer.Option(
-            envvar=_env("API_HOST"),
+            envvar=env_var("API_HOST"),
             help="Bind address; beyond loopback a token is required",
         ),
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar=_env("API_PORT"))] = 8000,
+    port: Annotated[int, typer.Option(envvar=env_var("API_PORT"))] = 8000,
     token_file: Annotated[
         Path | None,
         typer.Option(
-            envvar=_env("API_TOKEN_FILE"),
+            envvar=env_var("API_TOKEN_FILE"),
             help="File holding the bearer token that every route but /health needs "
             "(or set LATENTWATCH_API_TOKEN)",
         ),
@@ -737,19 +630,19 @@ def api(
     token: Annotated[
         str | None,
         typer.Option(
-            envvar=_env("API_TOKEN"),
+            envvar=env_var("API_TOKEN"),
             hidden=True,  # from the environment or the config file: the command line shows in ps
         ),
     ] = None,
     trusted_host: Annotated[
         list[str] | None,
         typer.Option(
-            envvar=_env("API_TRUSTED_HOSTS"),
+            envvar=env_var("API_TRUSTED_HOSTS"),
             help="A Host name the API answers to besides localhost, 127.0.0.1, ::1 and the bind "
             "address (repeatable or comma-separated; *.example.com for subdomains)",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(envvar=_env("LOG_LEVEL"))] = "info",
+    log_level: Annotated[str, typer.Option(envvar=env_var("LOG_LEVEL"))] = "info",
     model: Annotated[
         list[Path] | None,
         typer.Option(
@@ -764,14 +657,14 @@ def api(
     from latentwatch.explaining import ModelExplainer
 
     secret = _api_token(ctx, token, token_file)
-    _setup_logging(log_level)
+    setup_logging(log_level)
     explainer = ModelExplainer(model) if model else None
     run_api(
         db,
         host=host,
         port=port,
         token=secret,
-        trusted_hosts=_split(trusted_host),
+        trusted_hosts=split_values(trusted_host),
         explainer=explainer,
     )
 
@@ -791,9 +684,9 @@ def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -
             "stays in shell history: put it in a file only you can read and give "
             "--token-file FILE, or set LATENTWATCH_API_TOKEN"
         )
-    where = "--config [api] token" if source == "DEFAULT_MAP" else _env("API_TOKEN")
-    if token is None and _env("API_TOKEN") in os.environ:  # click takes an empty one for unset
-        token = os.environ[_env("API_TOKEN")]
+    where = "--config [api] token" if source == "DEFAULT_MAP" else env_var("API_TOKEN")
+    if token is None and env_var("API_TOKEN") in os.environ:  # click takes an empty one for unset
+        token = os.environ[env_var("API_TOKEN")]
     if token is not None and token_file is not None:
         fail(f"give the API token once: --token-file or {where}, not both")
     if token_file is not None:
@@ -811,12 +704,12 @@ def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -
 
 @app.command()
 def evaluate(
-    db: Annotated[str, typer.Option(envvar=_env("DB"), help="Database URL of flagged records")],
+    db: Annotated[str, typer.Option(envvar=env_var("DB"), help="Database URL of flagged records")],
     model_version: Annotated[str | None, typer.Option(help="Only this model's flags")] = None,
 ) -> None:
     """Precision of the flags over the records users labelled as true/false alarms."""
     from storage.database import ensure_schema, make_engine, session_factory
-    from storage.queries import evaluate as evaluate_flags
+    from storage.evaluation import evaluate as evaluate_flags
 
     engine = make_engine(db)
     try:

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from common.errors import LatentwatchError, os_error_reason
 from detector.encoding import plain_value
-from detector.errors import DataError, LatentwatchError, os_error_reason
+from detector.errors import DataError
 from detector.schema import Column
 
 _NA = frozenset({"", "na", "n/a", "nan", "null", "none", "-"})

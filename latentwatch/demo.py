@@ -30,12 +30,14 @@ from detector.detector import Detector, DetectorConfig
 from detector.schema import SchemaOptions
 from latentwatch.embedded import EmbeddedBroker
 from latentwatch.progress import training_progress
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from storage.database import make_engine, session_factory
 from storage.models import FlaggedRecordRow
 from streams.consumer import RunTotals
 from streams.kafka import ensure_topics
 from streams.replay import replay_to
+from streams.settings import KafkaSettings
 
 T = TypeVar("T")
 TOPIC = "patients"
@@ -249,12 +251,11 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         _off_main_thread(lambda: ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS))
         settings = ConsumeSettings(
             model=workdir / "model",
-            bootstrap=broker.bootstrap,
-            topics=(TOPIC,),
             db=db_url,
-            group="latentwatch-demo",
+            kafka=KafkaSettings(
+                broker.bootstrap, "latentwatch-demo", (TOPIC,), session_timeout_ms=1000
+            ),
             metrics_port=0,
-            session_timeout_ms=1000,
         )
         consumer = stack.enter_context(BackgroundConsumer(settings))
         urls["metrics"] = consumer.wait_for_metrics()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 
 _START_TIMEOUT_S = 10.0
 

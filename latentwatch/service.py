@@ -13,8 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,32 +22,30 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from common.errors import LatentwatchError
 from detector import artifact
 from detector.detector import Detector
-from detector.errors import LatentwatchError
-from lifecycle.follow import POLL_S, RegistryFollower, live_model
-from storage.database import Timeouts, ensure_schema, make_engine, redact, session_factory
+from latentwatch.settings import SHUTDOWN_TIMEOUT_S, ConsumeSettings
+from lifecycle.follow import RegistryFollower, live_model
+from storage.database import ensure_schema, make_engine, redact, session_factory
+from storage.records import UnstorableRecordError
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
-    LoopSettings,
     ModelSet,
     RunTotals,
     Unavailable,
-    UnstorableRecord,
 )
 from streams.kafka import (
     STARTUP_RETRY_INITIAL_S,
     STARTUP_RETRY_MAX_S,
     DeadLetterProducer,
-    KafkaSettings,
     KafkaSource,
     connect,
     ensure_topics,
     make_producer,
 )
-from streams.liveness import LivenessSettings, OffsetReader, Progress, Watchdog
-from streams.messages import DecodePolicy
+from streams.liveness import OffsetReader, Progress, Watchdog
 from streams.metrics import MetricsServer, StreamMetrics, serve_metrics
 from streams.offsets import KafkaOffsets
 from streams.retry import GaveUp, Stopped, retry_with_backoff
@@ -57,45 +53,7 @@ from streams.sql_sink import SqlSink
 
 log = logging.getLogger("latentwatch.service")
 
-# SIGTERM ends the process within this many seconds, whatever it is waiting on: gracefully when
-# the database answers within its timeouts (ConsumeSettings.db_timeouts), else by force.
-SHUTDOWN_TIMEOUT_S = 10.0
-EXIT_FORCED = 1
-# A write waits at most 5 s for a lock and runs at most 10 s; then it is logged and retried.
-DB_TIMEOUTS = Timeouts(statement_s=10.0, lock_s=5.0)
-
-
-@dataclass(frozen=True)
-class ConsumeSettings:
-    model: Path | None  # None: the live model of ``registry`` in the model registry
-    bootstrap: str
-    topics: tuple[str, ...]
-    db: str
-    group: str = "latentwatch"
-    deadletter_topic: str | None = None  # None: <topic>.deadletter
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int | None = 9464  # None: no endpoint; 0: any free port
-    max_records: int = 2000
-    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py)
-    poll_timeout_s: float = 0.5
-    session_timeout_ms: int = 6000
-    max_message_bytes: int = 1_048_576
-    explained_features: int = 5  # per flagged record, most surprising first; 0: every field
-    required_fields: tuple[str, ...] = ()
-    schema_versions: tuple[str, ...] = ()
-    isolation_level: str = "read_uncommitted"  # or read_committed (transactional producers)
-    kafka_options: Mapping[str, Any] = field(default_factory=dict)
-    torch_threads: int = 1  # micro-batches are small: one thread is fastest, and leaves cores free
-    db_timeouts: Timeouts = DB_TIMEOUTS
-    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
-    # give up (StartupTimeoutError) when the database or Kafka still fails this long after
-    # start; 0: keep trying
-    startup_timeout_s: float = 0.0
-    liveness: LivenessSettings = field(default_factory=LivenessSettings)  # the watchdog
-    # Follow the model registry's roles of this topic (or group name) instead of --model:
-    # start on its live model, switch to a promotion between two batches, score its shadow.
-    registry: str | None = None
-    registry_poll_s: float = POLL_S
+EXIT_FORCED = 1  # the exit status of a shutdown that timed out
 
 
 class StartupTimeoutError(LatentwatchError):
@@ -197,7 +155,7 @@ def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place
         raise
     detector, manifest = models.live, models.manifest
     registry = registry or CollectorRegistry()
-    metrics = model_metrics(registry, detector, manifest, settings.topics)
+    metrics = model_metrics(registry, detector, manifest, settings.kafka.topics)
     follower: RegistryFollower | None = None
     progress = Progress()
     watchdog = Watchdog(
@@ -215,14 +173,7 @@ def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place
             _until_ready(database, lambda: ensure_schema(engine), stop, give_up_at)
             sink = SqlSink(session_factory(engine), detector.version, manifest)
             _until_ready(database, sink.register_model, stop, give_up_at)
-            kafka = KafkaSettings(
-                bootstrap=settings.bootstrap,
-                group=settings.group,
-                topics=settings.topics,
-                session_timeout_ms=settings.session_timeout_ms,
-                isolation_level=settings.isolation_level,
-                extra=dict(settings.kafka_options),
-            )
+            kafka = settings.kafka
             source = KafkaSource(
                 kafka,
                 stop,
@@ -231,12 +182,10 @@ def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place
                 give_up_at=give_up_at,
             )
             producer = connect(
-                lambda clients: make_producer(
-                    settings.bootstrap, settings.kafka_options, kafka_client=clients
-                ),
+                lambda clients: make_producer(kafka.bootstrap, kafka.extra, kafka_client=clients),
                 "dead-letter producer",
                 stop,
-                bootstrap=settings.bootstrap,
+                bootstrap=kafka.bootstrap,
                 give_up_at=give_up_at,
             )
             if not source.connected or producer is None:
@@ -245,8 +194,8 @@ def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place
             _create_deadletter_topics(settings, dead_letters)
             log.info(
                 "consuming %s as group %r with model %s; flagged records to %s",
-                ", ".join(settings.topics),
-                settings.group,
+                ", ".join(kafka.topics),
+                kafka.group,
                 detector.version,
                 redact(settings.db),
             )
@@ -264,7 +213,7 @@ def run_consumer(  # noqa: PLR0915  (the wiring, in start-up order, in one place
                 sink=sink,
                 dead_letters=dead_letters,
                 metrics=metrics,
-                settings=_loop_settings(settings),
+                settings=settings.loop,
                 on_batch=on_batch,
                 progress=progress,
                 shadow=models.shadow,
@@ -337,7 +286,7 @@ def _finish(sink: SqlSink, totals: RunTotals, elapsed_s: float) -> None:
     """Write the last stream counts (best effort: the loop has stopped) and say what was done."""
     try:
         sink.flush()
-    except (Unavailable, UnstorableRecord) as exc:
+    except (Unavailable, UnstorableRecordError) as exc:
         log.warning("stream counts of the last seconds not written: %s", exc)
     log.info(
         "stopped after %.1f s: %d consumed, %d flagged, %d rejected",
@@ -366,36 +315,23 @@ def _serve(
     return server
 
 
-def _loop_settings(settings: ConsumeSettings) -> LoopSettings:
-    return LoopSettings(
-        poll_timeout_s=settings.poll_timeout_s,
-        explained_features=settings.explained_features,
-        max_records=settings.max_records,
-        typed_decoding=settings.typed_decoding,
-        policy=DecodePolicy(
-            max_bytes=settings.max_message_bytes,
-            required_fields=settings.required_fields,
-            schema_versions=settings.schema_versions,
-        ),
-    )
-
-
 def _offset_reader(settings: ConsumeSettings) -> Callable[[threading.Event], OffsetReader | None]:
     """How the watchdog's lag thread makes its own Kafka client (waiting for a broker)."""
+    kafka = settings.kafka
 
     def make(stop: threading.Event) -> OffsetReader | None:
         reader: OffsetReader | None = connect(
             lambda clients: KafkaOffsets(
-                settings.bootstrap,
-                settings.group,
+                kafka.bootstrap,
+                kafka.group,
                 # lag against the last stable offset when only committed transactions count
-                extra={**settings.kafka_options, "isolation_level": settings.isolation_level},
+                extra={**kafka.extra, "isolation_level": kafka.isolation_level},
                 timeout_s=settings.liveness.lookup_timeout_s,
                 kafka_client=clients,
             ),
             "lag look-ups",
             stop,
-            bootstrap=settings.bootstrap,
+            bootstrap=kafka.bootstrap,
         )
         return reader
 
@@ -406,9 +342,9 @@ def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLette
     """Create missing dead-letter topics up front (broker defaults for partitions and
     replicas): with automatic topic creation off, as on most production clusters, the first
     rejected record would otherwise hold the stream until an operator creates the topic."""
-    topics = sorted({dead_letters.topic_for(t) for t in settings.topics})
+    topics = sorted({dead_letters.topic_for(t) for t in settings.kafka.topics})
     try:
-        created = ensure_topics(settings.bootstrap, topics, extra=settings.kafka_options)
+        created = ensure_topics(settings.kafka.bootstrap, topics, extra=settings.kafka.extra)
     except KafkaError as exc:
         log.warning(
             "could not check or create the dead-letter topic(s) %s (%s: %s): create them, or "
@@ -425,8 +361,8 @@ def _create_deadletter_topics(settings: ConsumeSettings, dead_letters: DeadLette
 def freeze_startup_heap() -> None:
     """Put everything alive before the loop starts (torch, the model, the clients) out of the
     cyclic garbage collector's reach. A batch's records live through a few young collections,
-    so full collections come every few batches; over the whole start-up heap each took
-    hundreds of milliseconds, about a fifth of the consumer's time (docs/benchmarks.md). Frozen
+    so full collections come every few batches, and each would walk the whole start-up heap
+    (torch's objects above all) for nothing. Frozen
     objects are still freed by reference counting; only cycles among them would never be."""
     gc.collect()
     gc.freeze()

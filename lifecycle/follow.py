@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from detector import artifact
 from detector.detector import Detector
 from lifecycle.roles import field_kinds, fields_misfit
+from lifecycle.settings import REGISTRY_POLL_S
 from lifecycle.store import local_path
 from storage import registry
 from storage.registry import RegisteredModel, RegistryError
@@ -26,7 +27,6 @@ from streams.metrics import StreamMetrics
 
 log = logging.getLogger("latentwatch.registry")
 
-POLL_S = 2.0  # how often the registry is read: a promotion reaches consumers within this
 RETRY_FAILED_S = 30.0  # a model that failed to load is tried again after this long
 
 Loader = Callable[[str], tuple[Detector, dict[str, Any]]]
@@ -75,7 +75,7 @@ class RegistryFollower:
         current: ModelSet,
         metrics: StreamMetrics,
         *,
-        interval_s: float = POLL_S,
+        interval_s: float = REGISTRY_POLL_S,
         retry_failed_s: float = RETRY_FAILED_S,
         load: Loader = load_registered,
         clock: Callable[[], float] = time.monotonic,

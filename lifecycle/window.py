@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from storage.repository import parse_age
 
 

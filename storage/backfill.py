@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from storage.models import BackfillRunRow
 from storage.records import ModelScore, RunCount
 from storage.repository import add_run_counts, add_scores

@@ -6,10 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +19,10 @@ from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import ConnectionPoolEntry, NullPool, StaticPool
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
+from storage.settings import NO_TIMEOUTS, Timeouts
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 ACCEPTED_URLS = (
@@ -51,26 +49,7 @@ class SchemaVersionError(LatentwatchError):
     """The database schema is not the one this version of latentwatch expects."""
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """How long one PostgreSQL statement may run, and wait for a lock, before it fails (None:
-    no limit, as for migrations, which may run long). The consumer sets both: a write that
-    fails is logged and retried with backoff, where a write without limits would hang, and
-    a shutdown behind it, for as long as a lock is held. (SQLite waits at most
-    ``SQLITE_BUSY_TIMEOUT_MS`` for a lock, always.)"""
-
-    statement_s: float | None = None
-    lock_s: float | None = None
-
-    def postgres_options(self) -> str:
-        """libpq's ``options``: server settings for each connection."""
-        limits = {"statement_timeout": self.statement_s, "lock_timeout": self.lock_s}
-        return " ".join(
-            f"-c {name}={round(s * 1000)}" for name, s in limits.items() if s is not None
-        )
-
-
-def make_engine(url: str, timeouts: Timeouts = Timeouts()) -> Engine:
+def make_engine(url: str, timeouts: Timeouts = NO_TIMEOUTS) -> Engine:
     """An engine for a SQLite file or a PostgreSQL server, with the per-connection settings
     each needs. ``postgresql://`` is taken to mean the psycopg 3 driver. A URL's own
     settings win over ``timeouts`` (``?options=-c statement_timeout=60000``)."""
@@ -128,7 +107,7 @@ def dumps_json(value: Any) -> JSONText:
 
 
 def _write_json(value: Any) -> str:
-    """The engine's JSON serializer: orjson, about ten times faster than json.dumps. Records
+    """The engine's JSON serializer: orjson, much faster than json.dumps. Records
     reach the engine through write_flagged, which binds the :class:`JSONText` its checks
     wrote (passed through here); anything else is encoded."""
     if type(value) is JSONText:
@@ -292,32 +271,3 @@ def ensure_schema(engine: Engine, auto_upgrade: bool | None = None) -> None:
             f"run `latentwatch db upgrade --db URL` with this database's URL"
         )
     upgrade(engine)
-
-
-@contextmanager
-def throwaway_databases(server_url: str) -> Iterator[Callable[[str], str]]:
-    """A factory of new PostgreSQL databases on the server of ``server_url`` (whose user may
-    CREATE DATABASE), for the tests and the benchmarks: ``new(prefix)`` creates one named
-    ``<prefix>_<random>``, migrates it as `latentwatch db upgrade` would and returns its URL.
-    All are dropped on exit."""
-    admin = create_engine(
-        _parse_url(server_url), isolation_level="AUTOCOMMIT", poolclass=NullPool
-    )  # CREATE/DROP DATABASE cannot run in a transaction
-    created: list[str] = []
-
-    def new(prefix: str) -> str:
-        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-        created.append(name)
-        url = admin.url.set(database=name).render_as_string(hide_password=False)
-        upgrade(url)
-        return url
-
-    try:
-        yield new
-    finally:
-        with admin.connect() as connection:
-            for name in created:
-                connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()

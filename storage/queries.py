@@ -1,6 +1,6 @@
-"""Read-side queries behind the HTTP query API and ``latentwatch evaluate``: filtered keyset pages
-of flagged records, one record with its feedback, counts per time bucket and per topic,
-precision from feedback, and the model versions. Each function takes an open Session and typed
+"""Read-side queries behind the HTTP query API: filtered keyset pages of flagged records and one
+record with its feedback (counts per bucket and topic: storage.stats; precision from feedback
+and the model versions: storage.evaluation). Each function takes an open Session and typed
 filters and returns frozen dataclasses; all SQL is built with SQLAlchemy, parameterised only.
 
 Pages are keyset pages, not OFFSET pages: a page ends at the (sort key, id) of its last row and
@@ -17,15 +17,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import (
-    BigInteger,
     ColumnElement,
     Select,
     asc,
-    cast,
     desc,
     func,
     literal,
@@ -35,13 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from storage.models import (
-    FeedbackLabel,
     FeedbackRow,
     FlaggedRecordRow,
-    ModelVersionRow,
-    StreamCountRow,
 )
 
 TimeField = Literal["scored", "event"]
@@ -158,7 +153,7 @@ def _summary(row: FlaggedRecordRow, label: str | None) -> FlaggedSummary:
     return FlaggedSummary(**{name: getattr(row, name) for name in _SUMMARY_FIELDS}, label=label)
 
 
-def _time_column(flt: FlaggedFilter) -> InstrumentedAttribute[Any]:
+def time_column(flt: FlaggedFilter) -> InstrumentedAttribute[Any]:
     return (
         FlaggedRecordRow.event_time if flt.time_field == "event" else FlaggedRecordRow.scored_time
     )
@@ -176,11 +171,11 @@ def _equalities(flt: FlaggedFilter) -> list[ColumnElement[bool]]:
     return [column == value for column, value in equal.items() if value is not None]
 
 
-def _conditions(flt: FlaggedFilter, *, common: bool = False) -> list[ColumnElement[bool]]:
+def filter_conditions(flt: FlaggedFilter, *, common: bool = False) -> list[ColumnElement[bool]]:
     """The filter in SQL. ``common``: the equality filters select many rows, and SQLite is
     told so (``likelihood``), which it cannot know without statistics (see _common_equal)."""
     row = FlaggedRecordRow
-    time = _time_column(flt)
+    time = time_column(flt)
     conditions: list[ColumnElement[bool]] = []
     if flt.time_field == "event":
         conditions.append(time.is_not(None))
@@ -197,7 +192,7 @@ def _conditions(flt: FlaggedFilter, *, common: bool = False) -> list[ColumnEleme
 
 
 def _sort_column(flt: FlaggedFilter, order: Ordering) -> InstrumentedAttribute[Any]:
-    return FlaggedRecordRow.score if order.sort == "score" else _time_column(flt)
+    return FlaggedRecordRow.score if order.sort == "score" else time_column(flt)
 
 
 def _fingerprint(flt: FlaggedFilter, order: Ordering) -> str:
@@ -258,7 +253,7 @@ def _after(flt: FlaggedFilter, order: Ordering, cursor: str) -> ColumnElement[bo
 
 
 def _matching(flt: FlaggedFilter, order: Ordering, cursor: str | None) -> Select[Any]:
-    stmt = select(FlaggedRecordRow.id).where(*_conditions(flt))
+    stmt = select(FlaggedRecordRow.id).where(*filter_conditions(flt))
     return stmt.where(_after(flt, order, cursor)) if cursor else stmt
 
 
@@ -279,7 +274,7 @@ def page_flagged(
     stmt = (
         select(FlaggedRecordRow)
         .options(defer(FlaggedRecordRow.record))  # can be large; the detail view loads it
-        .where(*_conditions(flt, common=_common_equal(session, flt, order)))
+        .where(*filter_conditions(flt, common=_common_equal(session, flt, order)))
         .order_by(direction(column), direction(FlaggedRecordRow.id))
         .limit(limit + 1)  # one more tells whether there is a next page
     )
@@ -315,7 +310,7 @@ def _few_severe(
         return None
     if session.get_bind().dialect.name != "sqlite":
         return None
-    keys = select(_sort_column(flt, order), FlaggedRecordRow.id).where(*_conditions(flt))
+    keys = select(_sort_column(flt, order), FlaggedRecordRow.id).where(*filter_conditions(flt))
     if cursor:
         keys = keys.where(_after(flt, order, cursor))
     rows = [(key, row_id) for key, row_id in session.execute(keys.limit(_FEW_SEVERE + 1))]
@@ -381,278 +376,3 @@ def get_flagged(session: Session, flagged_id: int) -> FlaggedDetail | None:
 
 
 # --- counts over time ---------------------------------------------------------------------
-
-_BUCKET_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-
-
-@dataclass(frozen=True)
-class Bucket:
-    start: datetime  # the bucket is [start, start + bucket_seconds)
-    count: int  # matching flagged records
-    # Records consumed and scored in the bucket (stream_counts), None where those counts cannot
-    # answer the query: buckets of less than a minute, or times that are event times.
-    consumed: int | None = None
-    scored: int | None = None
-
-    @property
-    def flagged_share(self) -> float | None:
-        """Matching flagged records per scored record."""
-        return self.count / self.scored if self.scored else None
-
-
-@dataclass(frozen=True)
-class TopicCount:
-    topic: str
-    count: int
-    share_of_flagged: float  # this topic's part of the matching flagged records, 0..1
-    consumed: int | None = None
-    scored: int | None = None
-
-    @property
-    def flagged_share(self) -> float | None:
-        return self.count / self.scored if self.scored else None
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Flagged counts, and beside them how many records the consumers consumed and scored (per
-    minute, from ``stream_counts``), so that the flagged share can be charted from SQL."""
-
-    bucket_seconds: int
-    total: int
-    buckets: tuple[Bucket, ...]  # consecutive, empty buckets included
-    topics: tuple[TopicCount, ...]  # most flagged first, then topics with nothing flagged
-
-
-def parse_bucket(text: str) -> int:
-    """Bucket size in seconds from ``<n><unit>``, unit s, m, h or d.
-
-    >>> parse_bucket("15m")
-    900
-    """
-    number, unit = text[:-1], text[-1:]
-    if not (number.isascii() and number.isdigit()) or unit not in _BUCKET_UNITS_S:
-        raise QueryError(
-            f"invalid bucket {text!r}: expected a whole number followed by s, m, h or d "
-            "(seconds, minutes, hours, days), e.g. 1m, 1h or 1d"
-        )
-    seconds = int(number) * _BUCKET_UNITS_S[unit]
-    if not 0 < seconds <= 366 * 86_400:
-        raise QueryError(f"invalid bucket {text!r}: give a size from 1s to 366d")
-    return seconds
-
-
-def _bucket_index(when: datetime, bucket_seconds: int) -> int:
-    return (when - EPOCH) // timedelta(seconds=bucket_seconds)
-
-
-def _sql_bucket_index(
-    session: Session, column: InstrumentedAttribute[Any], bucket_seconds: int
-) -> ColumnElement[int]:
-    """floor(seconds since the epoch / bucket) in SQL; buckets are aligned to the epoch, so
-    days start at midnight UTC."""
-    if session.get_bind().dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", column) / bucket_seconds), BigInteger)
-    # SQLite stores UTC text; strftime('%s') reads it as whole seconds since the epoch.
-    # Its integer division truncates towards zero, so floor it by hand for times before 1970.
-    epoch_s = cast(func.strftime("%s", column), BigInteger)
-    below = (epoch_s % bucket_seconds + bucket_seconds) % bucket_seconds
-    return (epoch_s - below) // bucket_seconds
-
-
-def flagged_stats(
-    session: Session, flt: FlaggedFilter, bucket_seconds: int, *, max_buckets: int
-) -> Stats:
-    """Counts of matching records per time bucket (on the filter's time field) and per topic,
-    with the records consumed and scored where the per-minute stream counts can tell (scored
-    time; buckets of whole minutes). The range is [start, end) where given, else that of the
-    matching records and counts; a range of more than ``max_buckets`` buckets raises
-    :class:`QueryError`."""
-    column = _time_column(flt)
-    conditions = _conditions(flt)
-    counted = _counts_conditions(flt)
-    first, last = flt.start, flt.end - timedelta(microseconds=1) if flt.end else None
-    if first is None or last is None:
-        low, high = session.execute(
-            select(func.min(column), func.max(column)).where(*conditions)
-        ).one()
-        if counted is not None:
-            minute = StreamCountRow.minute
-            c_low, c_high = session.execute(
-                select(func.min(minute), func.max(minute)).where(*counted)
-            ).one()
-            low = min((t for t in (low, c_low) if t is not None), default=None)
-            c_high = c_high and c_high + timedelta(seconds=59)
-            high = max((t for t in (high, c_high) if t is not None), default=None)
-        first, last = first or low, last or high
-    topics = _topic_counts(session, conditions, counted)
-    total = sum(t.count for t in topics)
-    if first is None or last is None or first > last:  # no matching records and no bounds
-        return Stats(bucket_seconds, total, (), topics)
-    first_index, last_index = (_bucket_index(t, bucket_seconds) for t in (first, last))
-    if last_index - first_index + 1 > max_buckets:
-        raise QueryError(
-            f"{last_index - first_index + 1} buckets of {bucket_seconds}s from "
-            f"{first.isoformat()} to {last.isoformat()} are more than the {max_buckets} allowed: "
-            "choose a larger bucket or a shorter start/end range"
-        )
-    index = _sql_bucket_index(session, column, bucket_seconds).label("bucket")
-    grouped = select(index, func.count()).where(*conditions).group_by(index)
-    counts = {index: count for index, count in session.execute(grouped)}
-    per_bucket: dict[int, tuple[int, int]] | None = None
-    if counted is not None and bucket_seconds % 60 == 0:
-        minute_index = _sql_bucket_index(session, StreamCountRow.minute, bucket_seconds)
-        per_bucket = _consumed_and_scored(session, minute_index.label("bucket"), counted)
-    step = timedelta(seconds=bucket_seconds)
-    try:  # buckets are aligned to the epoch: the first may start before year 1
-        buckets = tuple(
-            Bucket(
-                EPOCH + i * step,
-                int(counts.get(i, 0)),
-                *(per_bucket.get(i, (0, 0)) if per_bucket is not None else (None, None)),
-            )
-            for i in range(first_index, last_index + 1)
-        )
-    except OverflowError:
-        raise QueryError(
-            f"buckets of {bucket_seconds}s aligned to 1970-01-01 would start before year 1 "
-            f"for {first.isoformat()}: choose a later start or a smaller bucket"
-        ) from None
-    return Stats(bucket_seconds, total, buckets, topics)
-
-
-def _counts_conditions(flt: FlaggedFilter) -> list[ColumnElement[bool]] | None:
-    """The stream counts that go with the filter's records, or None when they cannot: counts
-    are kept per topic and minute of scoring, so only the topic and a scored-time range apply
-    (the minutes that start in the range)."""
-    if flt.time_field != "scored":
-        return None
-    row = StreamCountRow
-    conditions: list[ColumnElement[bool]] = []
-    if flt.start is not None:
-        conditions.append(row.minute >= flt.start)
-    if flt.end is not None:
-        conditions.append(row.minute < flt.end)
-    if flt.topic is not None:
-        conditions.append(row.topic == flt.topic)
-    return conditions
-
-
-def _consumed_and_scored(
-    session: Session,
-    key: ColumnElement[Any] | InstrumentedAttribute[Any],
-    counted: list[ColumnElement[bool]],
-) -> dict[Any, tuple[int, int]]:
-    """Summed stream counts (consumed, scored) per value of ``key``."""
-    sums = (
-        select(key, func.sum(StreamCountRow.consumed), func.sum(StreamCountRow.scored))
-        .where(*counted)
-        .group_by(key)
-    )
-    return {k: (int(c), int(s)) for k, c, s in session.execute(sums)}
-
-
-def _topic_counts(
-    session: Session,
-    conditions: list[ColumnElement[bool]],
-    counted: list[ColumnElement[bool]] | None,
-) -> tuple[TopicCount, ...]:
-    flagged = dict(
-        session.execute(
-            select(FlaggedRecordRow.topic, func.count())
-            .where(*conditions)
-            .group_by(FlaggedRecordRow.topic)
-        ).all()
-    )
-    seen = (
-        _consumed_and_scored(session, StreamCountRow.topic, counted) if counted is not None else {}
-    )
-    total = sum(flagged.values())
-    order = sorted(set(flagged) | set(seen), key=lambda t: (-flagged.get(t, 0), t))
-    return tuple(
-        TopicCount(
-            topic,
-            flagged.get(topic, 0),
-            flagged.get(topic, 0) / total if total else 0.0,
-            *(seen.get(topic, (0, 0)) if counted is not None else (None, None)),
-        )
-        for topic in order
-    )
-
-
-# --- feedback-based evaluation and model versions ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """How good the flags were, judged by user feedback (each record's newest verdict).
-    ``precision`` is true alarms / labelled records, None while nothing is labelled."""
-
-    model_version: str | None  # None: all versions
-    flagged: int
-    labelled: int
-    true_alarms: int
-    false_alarms: int
-    precision: float | None
-    labelled_share: float | None  # labelled / flagged: how much the precision rests on
-
-
-def evaluate(session: Session, model_version: str | None = None) -> Evaluation:
-    """Precision of the flags over the records users labelled (what ``latentwatch evaluate``
-    prints and ``GET /api/evaluate`` returns)."""
-    newest_first = (FeedbackRow.created_at.desc(), FeedbackRow.id.desc())
-    rank = func.row_number().over(partition_by=FeedbackRow.flagged_id, order_by=newest_first)
-    ranked = select(FeedbackRow.flagged_id, FeedbackRow.label, rank.label("rank")).subquery()
-    labelled = (
-        select(ranked.c.label, func.count())
-        .join(FlaggedRecordRow, FlaggedRecordRow.id == ranked.c.flagged_id)
-        .where(ranked.c.rank == 1)
-        .group_by(ranked.c.label)
-    )
-    flagged = select(func.count()).select_from(FlaggedRecordRow)
-    if model_version is not None:
-        labelled = labelled.where(FlaggedRecordRow.model_version == model_version)
-        flagged = flagged.where(FlaggedRecordRow.model_version == model_version)
-    counts = {label: count for label, count in session.execute(labelled)}
-    total = session.scalar(flagged) or 0
-    true_alarms = counts.get(FeedbackLabel.TRUE_ALARM.value, 0)
-    false_alarms = counts.get(FeedbackLabel.FALSE_ALARM.value, 0)
-    labelled_count = true_alarms + false_alarms
-    return Evaluation(
-        model_version=model_version,
-        flagged=total,
-        labelled=labelled_count,
-        true_alarms=true_alarms,
-        false_alarms=false_alarms,
-        precision=true_alarms / labelled_count if labelled_count else None,
-        labelled_share=labelled_count / total if total else None,
-    )
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    version: str
-    first_seen: datetime
-    last_seen: datetime
-    flagged: int  # records of this version still stored
-    manifest: Mapping[str, Any]
-
-
-def model_versions(session: Session, version: str | None = None) -> list[ModelInfo]:
-    """Model versions that wrote to this database (only ``version`` if given), oldest first."""
-    counts = (
-        select(FlaggedRecordRow.model_version, func.count().label("flagged"))
-        .group_by(FlaggedRecordRow.model_version)
-        .subquery()
-    )
-    stmt = (
-        select(ModelVersionRow, func.coalesce(counts.c.flagged, 0))
-        .outerjoin(counts, counts.c.model_version == ModelVersionRow.version)
-        .order_by(ModelVersionRow.first_seen, ModelVersionRow.version)
-    )
-    if version is not None:
-        stmt = stmt.where(ModelVersionRow.version == version)
-    return [
-        ModelInfo(row.version, row.first_seen, row.last_seen, int(flagged), row.manifest)
-        for row, flagged in session.execute(stmt)
-    ]

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from common.errors import LatentwatchError
+
 # Float fields that must be numbers: SQLite stores NaN as NULL (violating NOT NULL) while
 # PostgreSQL accepts it, so a NaN would behave differently per engine. Infinity is allowed.
 _NUMBER_FIELDS = (
@@ -38,6 +40,15 @@ def readable_key(key: bytes) -> str:
         except UnicodeDecodeError:
             pass
     return key.hex()
+
+
+class UnstorableRecordError(LatentwatchError, ValueError):
+    """A record (or model manifest, ``record`` None) that no database would accept. Retrying
+    cannot help: the consumer sets ``record`` aside (dead letters) and writes the rest."""
+
+    def __init__(self, message: str, record: FlaggedRecord | None = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from storage.models import ModelEventRow, RegisteredModelRow
 
 ACTIONS = ("promote", "shadow", "unshadow", "rollback", "retire")

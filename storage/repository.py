@@ -12,15 +12,12 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from operator import attrgetter
-from typing import Any, ClassVar
-from weakref import WeakKeyDictionary
+from typing import Any
 
-from sqlalchemy import Dialect, Table, delete, func, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from detector.errors import LatentwatchError
 from storage.database import JSONText, dumps_json
 from storage.models import (
     Base,
@@ -30,7 +27,14 @@ from storage.models import (
     ModelVersionRow,
     StreamCountRow,
 )
-from storage.records import FlaggedRecord, ModelScore, ModelVersion, RunCount, StreamCount
+from storage.records import (
+    FlaggedRecord,
+    ModelScore,
+    ModelVersion,
+    RunCount,
+    StreamCount,
+    UnstorableRecordError,
+)
 
 # What a stored record holds: its fields, and the readable form of its key.
 _RECORD_FIELDS = (*(field.name for field in fields(FlaggedRecord)), "key_text")
@@ -50,15 +54,6 @@ _MAX_LENGTHS = {"topic": 255, "model_version": 64}
 _JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _AGE_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _AGE_PATTERN = re.compile(r"([0-9]+)([smhdw])")
-
-
-class UnstorableRecordError(LatentwatchError, ValueError):
-    """A record (or model manifest) that no database would accept. Retrying cannot help: the
-    consumer should set ``record`` aside (dead letters) and write the rest of the batch."""
-
-    def __init__(self, message: str, record: FlaggedRecord | None = None) -> None:
-        super().__init__(message)
-        self.record = record
 
 
 def write_flagged(
@@ -91,14 +86,16 @@ def write_flagged(
     unique_models = {model.version: model for model in models}
     inserted = 0
     with session_factory() as session:
-        insert = _FlaggedInsert.for_dialect(session.get_bind().dialect)
-        rows = insert.rows(ordered)  # checks each record: nothing is written if one fails
+        rows = [_flagged_row(r) for r in ordered]  # each checked: nothing written if one fails
         with session.begin():
             if rows:
                 # One executemany (pipelined by psycopg), not one round trip per record; its
-                # rowcount is the number of rows actually inserted, on both engines. (A
-                # multi-row VALUES ... RETURNING measured 3x slower on PostgreSQL.)
-                inserted = insert.execute(session, rows)
+                # rowcount is the number of rows actually inserted, on both engines.
+                insert = _flagged_insert(session.get_bind().dialect.name)
+                result = session.execute(
+                    insert, rows, execution_options={"preserve_rowcount": True}
+                )
+                inserted = result.rowcount  # type: ignore[attr-defined]
             if unique_models:
                 # After the records: the shared model_versions row stays locked for a short time.
                 upsert = _insert(session, _MODEL_VERSIONS)
@@ -211,22 +208,12 @@ _COUNTS = ("consumed", "scored", "flagged", "rejected")
 
 @cache
 def _counts_upsert(dialect: str) -> postgresql.Insert | sqlite.Insert:
-    """Built once per dialect: building the SET expressions took longer than executing them
-    (about 0.3 ms a batch on SQLite)."""
+    """Built once per dialect: building the SET expressions costs more than executing them."""
     upsert = _dialect_insert(dialect, _STREAM_COUNTS)
     return upsert.on_conflict_do_update(
         index_elements=["topic", "minute"],
         set_={name: _STREAM_COUNTS.c[name] + upsert.excluded[name] for name in _COUNTS},
     )
-
-
-def check_storable(records: Sequence[FlaggedRecord], models: Sequence[ModelVersion] = ()) -> None:
-    """Refuse, naming the culprit, what PostgreSQL would reject (and SQLite might store): JSON
-    that is not JSON (NaN, numpy scalars, objects), NUL characters, unpaired surrogates,
-    over-long names."""
-    for record in records:
-        _storable_json(record)
-    _check_models(models)
 
 
 def _check_models(models: Sequence[ModelVersion]) -> None:
@@ -237,8 +224,10 @@ def _check_models(models: Sequence[ModelVersion]) -> None:
 
 
 def _storable_json(record: FlaggedRecord) -> tuple[JSONText, JSONText]:
-    """Check one record (see :func:`check_storable`) and return its explanation and original
-    record as the JSON text to store: written once, for the check and the database alike."""
+    """Refuse, naming the culprit, what PostgreSQL would reject in one record (and SQLite might
+    store): JSON that is not JSON (NaN, numpy scalars, objects), NUL characters, unpaired
+    surrogates, over-long names. Return its explanation and original record as the JSON text
+    to store: written once, for the check and the database alike."""
     for name, limit in _MAX_LENGTHS.items():
         if len(getattr(record, name)) > limit:
             message = f"{_where(record, name)} is longer than {limit} characters"
@@ -314,60 +303,20 @@ def _dialect_insert(dialect: str, table: Table) -> postgresql.Insert | sqlite.In
     raise NotImplementedError(f"storage supports SQLite and PostgreSQL, not {dialect}")
 
 
-class _FlaggedInsert:
-    """The idempotent INSERT of flagged records for one dialect, compiled once, run through the
-    driver's executemany with the bind processors SQLAlchemy itself would apply to each column.
-    It skips SQLAlchemy's per-execution parameter handling (with the JSON encoded once: the
-    write of a ~43-row batch 1.59 -> 1.40 µs per consumed record in bench/consumer.py)."""
+@cache
+def _flagged_insert(dialect: str) -> postgresql.Insert | sqlite.Insert:
+    """The idempotent INSERT of flagged records: a redelivered record is skipped."""
+    return _dialect_insert(dialect, _FLAGGED).on_conflict_do_nothing(
+        index_elements=_IDEMPOTENCY_KEY
+    )
 
-    _compiled: ClassVar[WeakKeyDictionary[Dialect, _FlaggedInsert]] = WeakKeyDictionary()
 
-    def __init__(self, dialect: Dialect) -> None:
-        columns = [_FLAGGED.c[_SQL_NAMES.get(name, name)] for name in _RECORD_FIELDS]
-        keys = [c.key for c in columns]
-        statement = _dialect_insert(dialect.name, _FLAGGED).on_conflict_do_nothing(
-            index_elements=_IDEMPOTENCY_KEY
-        )
-        compiled = statement.compile(dialect=dialect, column_keys=keys)
-        self.sql = compiled.string
-        # qmark (sqlite3) takes a tuple in placeholder order; pyformat (psycopg) a dict.
-        self._names: list[str] | None = None
-        order = list(range(len(keys)))
-        if compiled.positiontup is not None:
-            order = [keys.index(name) for name in compiled.positiontup]
-        else:
-            self._names = keys
-        self._values = attrgetter(*(_RECORD_FIELDS[i] for i in order))
-        processors = [columns[i].type.dialect_impl(dialect).bind_processor(dialect) for i in order]
-        self._processors = [(k, p) for k, p in enumerate(processors) if p is not None]
-        self._json = [order.index(_RECORD_FIELDS.index(name)) for name in ("explanation", "record")]
-
-    @classmethod
-    def for_dialect(cls, dialect: Dialect) -> _FlaggedInsert:
-        insert = cls._compiled.get(dialect)
-        if insert is None:
-            insert = cls._compiled[dialect] = cls(dialect)
-        return insert
-
-    def rows(self, records: Sequence[FlaggedRecord]) -> list[Any]:
-        """The driver's parameters for ``records``, each checked (UnstorableRecordError)."""
-        explanation, original = self._json
-        names = self._names
-        rows: list[Any] = []
-        for record in records:
-            row = list(self._values(record))
-            row[explanation], row[original] = _storable_json(record)
-            for i, process in self._processors:
-                row[i] = process(row[i])
-            rows.append(tuple(row) if names is None else dict(zip(names, row, strict=True)))
-        return rows
-
-    def execute(self, session: Session, rows: list[Any]) -> int:
-        """Insert in the session's transaction; how many rows were new."""
-        result = session.connection().exec_driver_sql(
-            self.sql, rows, execution_options={"preserve_rowcount": True}
-        )
-        return result.rowcount
+def _flagged_row(record: FlaggedRecord) -> dict[str, Any]:
+    """A record's row, checked (UnstorableRecordError), its JSON encoded once for the check
+    and the database alike."""
+    row = {_SQL_NAMES.get(name, name): getattr(record, name) for name in _RECORD_FIELDS}
+    row["explanation"], row["record"] = _storable_json(record)
+    return row
 
 
 def prune_flagged(
@@ -403,18 +352,6 @@ def prune_flagged(
     with session_factory.begin() as session:  # one row per topic and minute: small
         session.execute(delete(StreamCountRow).where(StreamCountRow.minute < older_than))
     return deleted
-
-
-def count_flagged(session_factory: sessionmaker[Session]) -> int:
-    with session_factory() as session:
-        return session.scalar(select(func.count()).select_from(FlaggedRecordRow)) or 0
-
-
-def list_model_versions(session_factory: sessionmaker[Session]) -> list[ModelVersionRow]:
-    """Every model version that has written to this database, oldest first."""
-    with session_factory() as session:
-        order = (ModelVersionRow.first_seen, ModelVersionRow.version)
-        return list(session.scalars(select(ModelVersionRow).order_by(*order)))
 
 
 def add_feedback(

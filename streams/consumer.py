@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any, Protocol, TypeVar
@@ -25,20 +25,26 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 
 from detector.detector import Detector
-from storage.records import FlaggedRecord, ModelScore, RunCount, StreamCount
+from storage.records import (
+    FlaggedRecord,
+    ModelScore,
+    RunCount,
+    StreamCount,
+    UnstorableRecordError,
+)
 from streams.liveness import Progress
 from streams.messages import (
     SCORING_FAILED,
     UNDECODABLE_BATCH,
     UNSTORABLE,
-    DecodePolicy,
     Message,
     Rejection,
     UndecodableBatch,
 )
 from streams.metrics import StreamMetrics
 from streams.retry import Stopped, retry_with_backoff
-from streams.scoring import EXPLAINED_FEATURES, TopicBatch, score_messages
+from streams.scoring import TopicBatch, score_messages
+from streams.settings import LoopSettings
 from streams.shadow import shadow_scores
 from streams.typed import TypedDecoder
 
@@ -50,15 +56,6 @@ Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> next offset to 
 
 class Unavailable(Exception):  # noqa: N818  (a state, not a programming error)
     """A sink or the broker cannot be reached right now; retrying may help."""
-
-
-class UnstorableRecord(Exception):  # noqa: N818
-    """One record no database would store; it goes to dead letters, the rest are retried."""
-
-    def __init__(self, record: FlaggedRecord, detail: str) -> None:
-        super().__init__(detail)
-        self.record = record
-        self.detail = detail
 
 
 class Source(Protocol):
@@ -93,18 +90,6 @@ class ModelUpdates(Protocol):
 class LifecycleSink(Protocol):
     def use_model(self, version: str, manifest: Mapping[str, Any]) -> None: ...
     def shadow(self, scores: Sequence[ModelScore], counts: Sequence[RunCount]) -> None: ...
-
-
-@dataclass(frozen=True)
-class LoopSettings:
-    poll_timeout_s: float = 0.5
-    max_records: int = 2000
-    retry_initial_s: float = 0.2
-    retry_max_s: float = 10.0
-    policy: DecodePolicy = field(default_factory=DecodePolicy)
-    explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
-    nearest_normal: bool = True  # each flagged record's nearest normal record (counterfactual)
-    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
 
 
 @dataclass(frozen=True)
@@ -447,11 +432,14 @@ class ConsumerLoop:
                     on_error=self.metrics.db_write_error,
                     on_retry=self.metrics.db_write_retry,
                 )
-            except UnstorableRecord as exc:
-                pending = [r for r in pending if r is not exc.record]
-                position = (exc.record.topic, exc.record.partition, exc.record.offset)
+            except UnstorableRecordError as exc:
+                record = exc.record
+                if record is None:  # a model manifest: nothing a retry or a skip can fix
+                    raise
+                pending = [r for r in pending if r is not record]
+                position = (record.topic, record.partition, record.offset)
                 original = next(m for m in messages if (m.topic, m.partition, m.offset) == position)
-                unstorable.append(Rejection(original, UNSTORABLE, exc.detail))
+                unstorable.append(Rejection(original, UNSTORABLE, str(exc)))
             else:
                 return stored, unstorable
 

@@ -1,9 +1,9 @@
 """Kafka adapters (kafka-python): the consumer-group source, the dead-letter producer, topic
-creation. Settings follow ../shared/notes/infrastructure.md: manual commits, a 6 s session
-(group joins in ~3 s on Tansu, and it is Kafka's minimum), a short fetch wait for latency,
-fast reconnects, and a non-idempotent producer with retries (an idempotent one dies for good
-when a broker loses its state). Lag is not read here: the liveness watchdog looks it up with a
-client of its own (streams/offsets.py)."""
+creation. The settings (streams/settings.py): manual commits, a 6 s session (the brokers'
+default group.min.session.timeout.ms; a group join then takes ~3 s on Tansu), a short fetch
+wait for latency, fast reconnects, and a non-idempotent producer with retries (an idempotent
+one dies for good when a broker loses its state). Lag is not read here: the liveness watchdog
+looks it up with a client of its own (streams/offsets.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
@@ -34,11 +33,12 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from streams.consumer import Offsets, Unavailable
 from streams.fetcher import skip_undecodable_batches
 from streams.messages import Message, Rejection, UndecodableBatch, timestamp_ms
 from streams.retry import Stopped, retry_with_backoff
+from streams.settings import KafkaSettings
 
 log = logging.getLogger("latentwatch.kafka")
 
@@ -106,21 +106,6 @@ def _typed(name: str, value: Any, default: Any) -> Any:
     if isinstance(default, list | tuple):
         return [item.strip() for item in text.split(",")]
     return text
-
-
-@dataclass(frozen=True)
-class KafkaSettings:
-    bootstrap: str
-    group: str = "latentwatch"
-    topics: tuple[str, ...] = ()
-    session_timeout_ms: int = 6000
-    fetch_max_wait_ms: int = 50
-    auto_offset_reset: str = "earliest"
-    client_id: str = "latentwatch"
-    isolation_level: str = "read_uncommitted"  # read_committed: skip aborted transactions
-    # kafka-python settings (security_protocol, sasl_*, ssl_*, max_poll_interval_ms ...); each
-    # client gets the ones it knows (options_for)
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _consumer_config(s: KafkaSettings) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from streams.metrics import Probe, StreamMetrics
+from streams.settings import LivenessSettings
 
 log = logging.getLogger("latentwatch.liveness")
 
@@ -39,14 +40,6 @@ OPERATIONS: Mapping[str, str] = {
     "deadletter_send": "publishing dead letters",
     "commit": "committing offsets",
 }
-
-
-@dataclass(frozen=True)
-class LivenessSettings:
-    interval_s: float = 1.0  # how often the watchdog looks (lag, stuck operations, readiness)
-    stuck_after_s: float = 10.0  # an operation running longer than this is stuck
-    # Lag look-ups give up after this; the watchdog keeps its last answer meanwhile.
-    lookup_timeout_s: float = 5.0
 
 
 class Progress:

@@ -35,28 +35,16 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from detector.drift import DEFAULT_WINDOW_S, DriftWindow
+from streams import messages as reason_codes
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 PREFIX = "latentwatch"
 
-# Short codes for why a consumed record was not scored. Anything else is counted as "other" so
-# that a new code in the decoder can never blow up the label cardinality.
-REJECT_REASONS = (
-    "not_utf8",
-    "not_json",
-    "non_finite_number",
-    "not_an_object",
-    "wrong_type",
-    "missing_required",
-    "oversized",
-    "unknown_schema_version",
-    "unstorable",
-    "undecodable_batch",
-    "scoring_failed",
-    "other",
-)
+# The reason label's values: the decoder's reason codes, and "other" for anything else, so that
+# a new code can never blow up the label cardinality.
+REJECT_REASONS = (*reason_codes.REJECT_REASONS, "other")
 
 # Ranges that cover incidents: anomalous records score tens of thousands of nats, and records
 # wait minutes to an hour behind a stalled consumer. A value above the last bound is still

@@ -6,7 +6,7 @@ watchdog never touches it; this client belongs to the watchdog's thread and join
 End offsets: ListOffsets(LATEST) is the log end on Kafka (the last stable offset with
 ``isolation_level=read_committed``). The embedded broker used by the tests (Tansu) answers it
 with the base offset of the newest record batch + 1, short of the end by the rest of that batch
-(../shared/notes/infrastructure.md); lag there is low by less than one producer batch.
+(as the tests observe); lag there is low by less than one producer batch.
 """
 
 from __future__ import annotations

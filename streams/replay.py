@@ -13,7 +13,7 @@ import orjson
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from detector.errors import LatentwatchError
+from common.errors import LatentwatchError
 from streams.kafka import make_producer
 
 _RESEND_ROUNDS = 3

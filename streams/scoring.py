@@ -1,6 +1,6 @@
 """One micro-batch of one topic: decode, validate, score in one call, and turn the flagged
-records into storage rows. Pure apart from the detector's forward pass; the consumer loop
-around it does the I/O."""
+records into storage rows. No I/O (the consumer loop around it does that); the one state it
+changes is the typed decoder's, which learns the extra fields of the batches it declined."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ from streams.messages import (
     decode_all,
     timestamp_ms,
 )
+from streams.settings import EXPLAINED_FEATURES
 from streams.typed import TypedDecoder
 
-EXPLAINED_FEATURES = 5
 # The scores a flagged record stores: the fields a FlaggedRecord shares with a ScoreBatch.
 _SCORE_FIELDS = tuple(
     f.name for f in fields(FlaggedRecord) if f.name in {g.name for g in fields(ScoreBatch)}

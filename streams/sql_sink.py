@@ -10,15 +10,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.records import FlaggedRecord, ModelScore, ModelVersion, RunCount, StreamCount
-from storage.repository import UnstorableRecordError, write_flagged
-from streams.consumer import Unavailable, UnstorableRecord
+from storage.repository import write_flagged
+from streams.consumer import Unavailable
 
 # Stream counts wait at most this long for a batch with flagged records to ride along with;
 # then they are written on their own (one small transaction per interval, not per batch).
 COUNTS_INTERVAL_S = 10.0
-# How often a batch also upserts the model version (its manifest, ``last_seen``). With every
-# batch, re-sending and re-checking the ~10 kB manifest cost about 0.9 µs per consumed record
-# (bench/stream.py --stages: 4.9 -> 4.0 µs for the SQLite write stage).
+# How often a batch also upserts the model version (its manifest, ``last_seen``): re-sending
+# and re-checking the manifest (kilobytes) with every batch would be a large share of a write.
 MODEL_SEEN_INTERVAL_S = 60.0
 
 
@@ -111,10 +110,6 @@ class SqlSink:
             self._scores, self._run_counts = [], []
             self._unavailable = False
             return stored
-        except UnstorableRecordError as exc:
-            if exc.record is None:  # the manifest itself: nothing a retry or a skip can fix
-                raise
-            raise UnstorableRecord(exc.record, str(exc)) from exc
         except (SQLAlchemyError, OSError) as exc:
             self._unavailable = True
             raise Unavailable(

@@ -2,60 +2,48 @@
 Kafka-compatible broker.
 
 PostgreSQL is the server at 127.0.0.1:5432 (override with LATENTWATCH_TEST_POSTGRES_URL). The
-session gets a throwaway database, dropped at the end. If the server is unreachable the
-PostgreSQL tests fail (never skip): deselect them explicitly with ``-m "not postgres"``.
+session's databases are throwaway ones (tests.support.postgres), dropped at the end. If the
+server is unreachable the PostgreSQL tests fail (never skip): deselect them explicitly with
+``-m "not postgres"``.
 """
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cancer_model import Model, train_model
-from sqlalchemy import create_engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
 
 from latentwatch.embedded import EmbeddedBroker
-from storage.database import redact, throwaway_databases
-
-DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from storage.database import redact
+from tests.support.cancer_model import Model, train_model
+from tests.support.postgres import server_url, throwaway_databases
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh database on the test server, created for this test session."""
-    admin_url = os.environ.get("LATENTWATCH_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
-    admin = create_engine(
-        admin_url,
-        isolation_level="AUTOCOMMIT",  # CREATE/DROP DATABASE cannot run in a transaction
-        poolclass=NullPool,
-        connect_args={"connect_timeout": 5},
-    )
-    name = f"lw_test_{uuid.uuid4().hex[:12]}"
+def postgres_databases() -> Iterator[Callable[..., str]]:
+    """The session's factory of throwaway databases (tests.support.postgres); all dropped at
+    the end."""
+    with throwaway_databases(server_url()) as new:
+        yield new
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_databases: Callable[..., str]) -> str:
+    """URL of a fresh, empty database on the test server, created for this test session."""
     unreachable = ""
     try:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        return postgres_databases("lw_test", migrate=False)
     except OperationalError as exc:
         unreachable = str(exc.orig)
-    if unreachable:  # outside the except block: the message alone, without a chained traceback
-        pytest.fail(
-            f"PostgreSQL is not reachable at {redact(admin_url)}: {unreachable}\n"
-            "Start it (docs/storage.md), or set LATENTWATCH_TEST_POSTGRES_URL to a server where "
-            "this user may CREATE DATABASE, or deselect these tests with -m 'not postgres'.",
-            pytrace=False,
-        )
-    try:
-        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+    # outside the except block: the message alone, without a chained traceback
+    pytest.fail(
+        f"PostgreSQL is not reachable at {redact(server_url())}: {unreachable}\n"
+        "Start it (docs/storage.md), or set LATENTWATCH_TEST_POSTGRES_URL to a server where "
+        "this user may CREATE DATABASE, or deselect these tests with -m 'not postgres'.",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +56,13 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 
 
 @pytest.fixture(scope="session")
-def new_postgres_database(postgres_url: str) -> Iterator[Callable[[str], str]]:
+def new_postgres_database(
+    postgres_url: str, postgres_databases: Callable[..., str]
+) -> Callable[[str], str]:
     """A factory of throwaway PostgreSQL databases, migrated to the newest schema (production
-    PostgreSQL is migrated by `latentwatch db upgrade`, not on start); all dropped at the end."""
-    with throwaway_databases(postgres_url) as new:
-        yield new
+    PostgreSQL is migrated by `latentwatch db upgrade`, not on start); all dropped at the end.
+    (Depends on postgres_url for its one-line failure when the server is unreachable.)"""
+    return postgres_databases
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from api_client import local_client
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +22,7 @@ from api.app import create_app
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.models import Base
+from tests.support.api_client import local_client
 
 TABLES = [table.name for table in Base.metadata.sorted_tables]
 

@@ -15,7 +15,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from api_data import MODEL_A, T0, flagged, manifest, seed
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, sync_playwright
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,6 +30,7 @@ from storage.records import ModelVersion
 from storage.repository import write_flagged
 from streams.messages import PlainMessage
 from streams.scoring import flagged_records
+from tests.support.api_data import MODEL_A, T0, flagged, manifest, seed
 
 pytestmark = pytest.mark.browser
 

@@ -7,17 +7,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from api_client import local_client
-from api_data import MODEL_A, MODEL_B, T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory
-from storage.queries import evaluate
+from storage.evaluation import evaluate
 from storage.records import StreamCount
 from storage.repository import add_feedback, write_flagged
+from tests.support.api_client import local_client
+from tests.support.api_data import MODEL_A, MODEL_B, T0, flagged, seed
 
 
 def test_stats_count_per_bucket_and_topic(

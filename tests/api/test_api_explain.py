@@ -9,9 +9,6 @@ from datetime import UTC, datetime
 
 import orjson
 import pytest
-from api_client import local_client
-from api_data import flagged
-from cancer_model import Model
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +18,9 @@ from latentwatch.explaining import ModelExplainer
 from storage.repository import write_flagged
 from streams.messages import PlainMessage
 from streams.scoring import flagged_records
+from tests.support.api_client import local_client
+from tests.support.api_data import flagged
+from tests.support.cancer_model import Model
 
 TOKEN = "t" * 32
 

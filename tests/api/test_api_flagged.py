@@ -12,8 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from api_client import local_client
-from api_data import T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +20,8 @@ from api.settings import ApiSettings
 from storage import queries
 from storage.records import FlaggedRecord
 from storage.repository import write_flagged
+from tests.support.api_client import local_client
+from tests.support.api_data import T0, flagged, seed
 
 COUNT = 60
 START, END = T0 + timedelta(seconds=37 * 10), T0 + timedelta(seconds=37 * 30)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from api_data import MODEL_A, flagged, seed
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from sqlalchemy.orm import Session, sessionmaker
@@ -25,6 +24,7 @@ from api.dependencies import get_session_factory
 from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.repository import add_feedback, write_flagged
+from tests.support.api_data import MODEL_A, flagged, seed
 
 # Unbound (nothing connects); schemathesis's ASGI client sends Host: testserver.
 APP = create_app(ApiSettings(max_page_size=200, trusted_hosts=("testserver",)), sessionmaker())

@@ -10,8 +10,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from api_client import local_client
-from api_data import flagged
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,6 +20,8 @@ from api.server import serving_settings
 from api.settings import ApiSettings, ApiSettingsError
 from storage.database import make_engine, session_factory, upgrade
 from storage.repository import write_flagged
+from tests.support.api_client import local_client
+from tests.support.api_data import flagged
 
 # a page of this many unknown parameters held the event loop for ~0.8 s and answered 2.4 MB
 OVERSIZE = "&".join(f"a{i}=1" for i in range(8_000))

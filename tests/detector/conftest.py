@@ -8,24 +8,26 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from detector_data import FAST, Split, Variant, mixed_records, records_to_columns
-from sklearn.datasets import load_breast_cancer
 
 from detector.detector import Detector
 from detector.schema import SchemaOptions
+from tests.support.detector_data import (
+    FAST,
+    Split,
+    Variant,
+    breast_cancer,
+    mixed_records,
+    records_to_columns,
+)
 
 
 @pytest.fixture(scope="session")
 def cancer() -> Split:
     """Breast cancer (UCI WDBC, 30 features): benign = normal, malignant = anomaly."""
-    data = load_breast_cancer()
-    x, y = data.data, 1 - data.target  # target 1 = benign
-    names = tuple(n.replace(" ", "_") for n in data.feature_names)
-    normal = np.flatnonzero(y == 0)[np.random.RandomState(0).permutation(int((y == 0).sum()))]
-    anomalous = np.flatnonzero(y == 1)[:30]
-    half = len(normal) // 2
-    test = np.concatenate([normal[half:], anomalous])
-    return Split(names, x[normal[:half]], x[test], y[test])
+    data = breast_cancer()
+    test = np.concatenate([data.held_out, data.anomalous[:30]])
+    labels = np.isin(test, data.anomalous).astype(int)
+    return Split(data.names, data.x[data.train], data.x[test], labels)
 
 
 @pytest.fixture(scope="session")

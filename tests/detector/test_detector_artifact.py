@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-from detector_data import FAST, Split
 
 from detector import artifact
 from detector.calibration import p_values
 from detector.detector import Detector, DetectorConfig
 from detector.errors import ArtifactError
-from detector.training import TrainingConfig
+from tests.support.detector_data import FAST, Split
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +96,7 @@ def test_same_data_and_seed_give_the_same_model(cancer: Split, tmp_path: Path) -
     columns = cancer.columns(cancer.train)
     a = Detector.fit(columns, config=FAST)
     b = Detector.fit(columns, config=FAST)
-    other_seed = DetectorConfig(
-        training=TrainingConfig(max_steps=600, min_steps=200, patience=5, seed=7)
-    )
+    other_seed = DetectorConfig(training=dataclasses.replace(FAST.training, seed=7))
     c = Detector.fit(columns, config=other_seed)
     va, vb, vc = (artifact.save(d, tmp_path / n) for d, n in ((a, "a"), (b, "b"), (c, "c")))
     assert va == vb

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detector_data import FAST
 
 from detector.detector import Detector, DetectorConfig
+from tests.support.detector_data import FAST
 
 
 def normal_records(n: int, seed: int) -> dict[str, np.ndarray]:

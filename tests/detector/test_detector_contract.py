@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from detector_data import VARIANT_FIXTURES, Variant
 
 from detector.detector import Detector
 from detector.explain import explain, explain_rows, top_feature_names
+from tests.support.detector_data import VARIANT_FIXTURES, Variant
 
 Check = Callable[[Variant], None]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detector_data import Variant
 
 from detector.counterfactual import (
     Counterfactual,
@@ -18,6 +17,7 @@ from detector.counterfactual import (
 from detector.detector import Detector
 from detector.encoding import encode_records
 from detector.schema import FieldKind
+from tests.support.detector_data import Variant
 
 REL = 1e-6
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from detector_data import FAST, cancer_records, records_to_columns
 from sklearn.metrics import roc_auc_score
 
 from detector.detector import Detector
 from detector.schema import FieldKind
+from tests.support.detector_data import FAST, cancer_records, records_to_columns
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
-from lifecycle_models import damaged, other_fields, recalibrated
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import ensure_schema, make_engine, session_factory
+from tests.support.cancer_model import Model
+from tests.support.lifecycle_models import damaged, other_fields, recalibrated
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -6,9 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from cli_run import run as run_cli
 from fastapi.testclient import TestClient
-from flagged_records import make_record
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +19,8 @@ from storage.models import FlaggedRecordRow
 from storage.records import ModelScore, RunCount
 from storage.registry import RegisteredModel
 from storage.repository import add_feedback, write_flagged
+from tests.support.cli_run import run as run_cli
+from tests.support.flagged_records import make_record
 
 T = datetime(2026, 12, 4, 10, 0, 30, tzinfo=UTC)
 LIVE, SHADOW = "aaaaaaaaaaaa", "bbbbbbbbbbbb"

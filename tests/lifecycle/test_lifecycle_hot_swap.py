@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancer_model import Model
 from sqlalchemy.orm import Session, sessionmaker
-from stream_support import SESSION_TIMEOUT_MS, flagged_rows, produce, query, stream_of, wait_until
 
 from latentwatch.embedded import EmbeddedBroker
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
 from lifecycle.roles import Registry, register_directory
 from lifecycle.store import DirectoryStore, local_path
 from storage import registry
 from storage.registry import ModelEvent
 from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.lifecycle_stream import flagged_rows, produce, query, stream_of, wait_until
+from tests.support.stream_harness import SESSION_TIMEOUT_MS, settings
 
 pytestmark = [pytest.mark.kafka]
 
@@ -34,28 +35,15 @@ POLL_S = 0.3  # the tests' registry poll: a promotion reaches the consumers with
 
 
 def follower(bootstrap: str, topic: str, db: str, **changes: Any) -> BackgroundConsumer:
-    settings: dict[str, Any] = {
-        "model": None,
-        "registry": topic,
-        "registry_poll_s": POLL_S,
-        "bootstrap": bootstrap,
-        "topics": (topic,),
-        "db": db,
-        "group": f"g-{topic}",
-        "metrics_port": None,
-        "session_timeout_ms": SESSION_TIMEOUT_MS,
-        "max_records": 100,
-        "poll_timeout_s": 0.2,
-    }
-    settings.update(changes)
-    return BackgroundConsumer(ConsumeSettings(**settings))
+    changes = {"registry": topic, "registry_poll_s": POLL_S, "max_records": 100} | changes
+    return BackgroundConsumer(settings(None, bootstrap, topic, db, f"g-{topic}", **changes))
 
 
 def scored_by(consumers: list[BackgroundConsumer], version: str, role: str = "live") -> float:
     return sum(
         c.metric(
             "latentwatch_model_records_scored_total",
-            topic=c.settings.topics[0],
+            topic=c.settings.kafka.topics[0],
             role=role,
             version=version,
         )

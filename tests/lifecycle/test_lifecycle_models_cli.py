@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
-from cli_run import run
+
+from tests.support.cancer_model import Model
+from tests.support.cli_run import run
 
 
 def test_models_commands(

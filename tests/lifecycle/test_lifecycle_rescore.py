@@ -17,10 +17,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cancer_model import Model
-from cli_run import run
 from sqlalchemy.orm import Session, sessionmaker
-from stream_support import produce, query, stream_of, wait_until
 
 from latentwatch.embedded import EmbeddedBroker
 from lifecycle.rescore import rescore
@@ -29,6 +26,9 @@ from lifecycle.store import DirectoryStore
 from storage.repository import write_flagged
 from streams.kafka import ensure_topics
 from streams.scoring import flagged_records
+from tests.support.cancer_model import Model
+from tests.support.cli_run import run
+from tests.support.lifecycle_stream import produce, query, stream_of, wait_until
 
 pytestmark = [pytest.mark.kafka]
 

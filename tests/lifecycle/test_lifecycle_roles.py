@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifecycle.roles import Registry, fields_misfit, register_directory
 from lifecycle.store import DirectoryStore, local_path
 from storage import registry
 from storage.registry import RegistryError, replay
+from tests.support.cancer_model import Model
 
 
 def test_replay_keeps_one_live_one_shadow_and_a_rollback_stack() -> None:

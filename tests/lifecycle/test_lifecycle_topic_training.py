@@ -9,10 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cancer_model import Model
-from cli_run import run
 from sqlalchemy.orm import Session, sessionmaker
-from stream_support import produce
 
 from detector import artifact
 from latentwatch.embedded import EmbeddedBroker
@@ -20,6 +17,9 @@ from lifecycle.roles import Registry, register_directory
 from lifecycle.store import DirectoryStore
 from storage import registry
 from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.cli_run import run
+from tests.support.lifecycle_stream import produce
 
 pytestmark = [pytest.mark.kafka]
 

@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flagged_records import make_record
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import make_engine, session_factory, upgrade
 from storage.records import FlaggedRecord, ModelVersion
+from tests.support.flagged_records import make_record
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

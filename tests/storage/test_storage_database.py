@@ -14,7 +14,6 @@ from storage.database import (
     SQLITE_BUSY_TIMEOUT_MS,
     DatabaseUrlError,
     SchemaVersionError,
-    Timeouts,
     current_revision,
     ensure_schema,
     head_revision,
@@ -23,6 +22,7 @@ from storage.database import (
     upgrade,
 )
 from storage.models import Base
+from storage.settings import Timeouts
 
 FLAGGED_INDEXES = {
     "ix_flagged_records_scored_time_id": ["scored_time", "id"],

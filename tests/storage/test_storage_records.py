@@ -1,8 +1,8 @@
-"""Pure checks on the storage input types and the retention age parser (no database)."""
+"""Checks on the storage input types (what write_flagged refuses before writing, on a SQLite
+file) and the retention age parser."""
 
 from __future__ import annotations
 
-import doctest
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
@@ -10,13 +10,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
-import storage.repository
-from storage.database import dumps_json
-from storage.records import FlaggedRecord, ModelVersion
-from storage.repository import UnstorableRecordError, check_storable, parse_age
+from storage.database import dumps_json, make_engine, session_factory, upgrade
+from storage.records import FlaggedRecord, ModelVersion, UnstorableRecordError
+from storage.repository import parse_age, write_flagged
+from tests.support.flagged_records import count_flagged
 
 MakeRecord = Callable[..., FlaggedRecord]
+Sessions = sessionmaker[Session]
+
+
+@pytest.fixture(scope="module")
+def sqlite_sessions(tmp_path_factory: pytest.TempPathFactory) -> sessionmaker[Session]:
+    """SQLite stores what PostgreSQL would refuse, so a refusal here is write_flagged's own."""
+    engine = make_engine(f"sqlite:///{tmp_path_factory.mktemp('records') / 'latentwatch.db'}")
+    upgrade(engine)
+    return session_factory(engine)
 
 
 @pytest.mark.parametrize("name", ["scored_time", "event_time"])
@@ -76,24 +86,31 @@ def test_json_accepts_read_only_mappings_and_refuses_nan() -> None:
     ],
 )
 def test_unstorable_records_are_named(
-    record: MakeRecord, change: dict[str, Any], reason: str
+    record: MakeRecord, change: dict[str, Any], reason: str, sqlite_sessions: Sessions
 ) -> None:
     """What PostgreSQL would refuse (failing the batch again on every retry) is refused up front
     on both engines, with the record attached so the consumer can dead-letter it."""
     bad = record(3, **change)
     with pytest.raises(UnstorableRecordError) as error:
-        check_storable([record(1), bad, record(4)])
+        write_flagged(sqlite_sessions, [record(1), bad, record(4)])
     assert error.value.record is bad
+    assert count_flagged(sqlite_sessions) == 0
     assert str(error.value).startswith(f"flagged record {bad.topic[:255]!r}[0]@3: {reason}")
 
 
-def test_text_that_only_looks_like_an_escaped_nul_is_storable(record: MakeRecord) -> None:
-    check_storable([record(1, record={"path": "C:\\u0000"}, key=b"\\u0000")])
+def test_text_that_only_looks_like_an_escaped_nul_is_storable(
+    record: MakeRecord, sqlite_sessions: Sessions
+) -> None:
+    stored = write_flagged(
+        sqlite_sessions, [record(1, record={"path": "C:\\u0000"}, key=b"\\u0000")]
+    )
+    assert stored == 1
 
 
-def test_an_unstorable_manifest_is_named() -> None:
+def test_an_unstorable_manifest_is_named(sqlite_sessions: Sessions) -> None:
+    manifest = ModelVersion("ffff00001111", {"threshold": float("nan")})
     with pytest.raises(UnstorableRecordError, match="manifest of model version 'ffff00001111'"):
-        check_storable([], [ModelVersion("ffff00001111", {"threshold": float("nan")})])
+        write_flagged(sqlite_sessions, [], [manifest])
 
 
 @pytest.mark.parametrize(
@@ -122,7 +139,3 @@ def test_parse_age_names_the_bad_value_and_the_accepted_form(text: str) -> None:
         f"invalid age {text!r}: expected a positive whole number followed by "
         "s, m, h, d or w (seconds, minutes, hours, days, weeks), e.g. 30d or 12h"
     )
-
-
-def test_docstring_examples() -> None:
-    assert doctest.testmod(storage.repository).failed == 0

@@ -16,15 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import make_engine, session_factory
 from storage.models import FeedbackLabel, FeedbackRow, FlaggedRecordRow
-from storage.records import FlaggedRecord, ModelVersion
-from storage.repository import (
-    UnstorableRecordError,
-    add_feedback,
-    count_flagged,
-    list_model_versions,
-    prune_flagged,
-    write_flagged,
-)
+from storage.records import FlaggedRecord, ModelVersion, UnstorableRecordError
+from storage.repository import add_feedback, prune_flagged, write_flagged
+from tests.support.flagged_records import count_flagged, stored_model_versions
 
 Sessions = sessionmaker[Session]
 MakeRecord = Callable[..., FlaggedRecord]
@@ -129,7 +123,7 @@ def test_model_versions_keep_first_seen_and_move_last_seen_forward(
     write_flagged(sessions, [record(2)], [model, other], now=t2)
     write_flagged(sessions, [record(1)], [model], now=t1 - timedelta(days=1))  # a late retry
 
-    versions = {v.version: v for v in list_model_versions(sessions)}
+    versions = {v.version: v for v in stored_model_versions(sessions)}
     assert list(versions) == [model.version, other.version]  # oldest first
     assert (versions[model.version].first_seen, versions[model.version].last_seen) == (t1, t2)
     assert (versions[other.version].first_seen, versions[other.version].last_seen) == (t2, t2)
@@ -138,7 +132,7 @@ def test_model_versions_keep_first_seen_and_move_last_seen_forward(
 
 def test_models_alone_are_recorded(sessions: Sessions, model: ModelVersion) -> None:
     assert write_flagged(sessions, [], [model], now=T0) == 0
-    assert [v.version for v in list_model_versions(sessions)] == [model.version]
+    assert [v.version for v in stored_model_versions(sessions)] == [model.version]
     assert write_flagged(sessions, []) == 0
 
 
@@ -151,7 +145,7 @@ def test_an_unstorable_record_is_refused_before_anything_is_written(
     with pytest.raises(UnstorableRecordError, match=r"\]@3: explanation is not storable"):
         write_flagged(sessions, [*good, bad], [model])
     assert count_flagged(sessions) == 0
-    assert list_model_versions(sessions) == []
+    assert stored_model_versions(sessions) == []
 
     assert write_flagged(sessions, good, [model]) == 3  # the consumer's retry without it
 
@@ -190,7 +184,7 @@ def test_a_database_failure_mid_batch_writes_nothing(
     with pytest.raises(DBAPIError, match="disk full"):
         write_flagged(sessions, batch, [model])
     assert count_flagged(sessions) == 0
-    assert list_model_versions(sessions) == []
+    assert stored_model_versions(sessions) == []
 
 
 class LostConnectionError(Exception):

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
+
+from tests.support.cancer_model import Model
 
 
 @pytest.fixture(scope="session")

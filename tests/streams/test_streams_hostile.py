@@ -16,24 +16,24 @@ from typing import Any, NamedTuple
 
 import orjson
 import pytest
-from cancer_model import Model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
-from stream_harness import (
+
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.service import BackgroundConsumer
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     Outgoing,
     committed_offsets,
     produce_with_librdkafka,
     thread_consumer,
     wait_until,
 )
-from stream_harness import settings as consume_settings
-
-from latentwatch.embedded import EmbeddedBroker
-from latentwatch.service import BackgroundConsumer
-from streams.kafka import ensure_topics
+from tests.support.stream_harness import settings as consume_settings
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 

@@ -9,15 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cancer_model import Model
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
-from stream_harness import read_topic, settings, thread_consumer, wait_until
 
 from latentwatch.embedded import EmbeddedBroker, free_port
 from streams.kafka import (
     DeadLetterProducer,
-    KafkaSettings,
     KafkaSettingsError,
     KafkaSource,
     check_options,
@@ -25,6 +22,9 @@ from streams.kafka import (
     options_for,
 )
 from streams.messages import PlainMessage, Rejection
+from streams.settings import KafkaSettings
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import read_topic, settings, thread_consumer, wait_until
 
 
 def test_each_client_gets_the_settings_it_knows_typed_by_its_defaults() -> None:

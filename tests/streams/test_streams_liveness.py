@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Sequence
 
 import pytest
-from cancer_model import Model
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry
@@ -27,13 +26,14 @@ from storage.records import FlaggedRecord, StreamCount
 from streams.kafka import ensure_topics, make_producer
 from streams.liveness import (
     EndOffsetHistory,
-    LivenessSettings,
     Progress,
     Watchdog,
     seconds_behind,
 )
 from streams.metrics import StreamMetrics
 from streams.offsets import KafkaOffsets
+from streams.settings import LivenessSettings
+from tests.support.cancer_model import Model
 
 LOGGER = "latentwatch.liveness"
 

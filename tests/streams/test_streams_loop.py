@@ -11,21 +11,20 @@ from typing import Any
 
 import orjson
 import pytest
-from cancer_model import Model
 from prometheus_client import CollectorRegistry
 
 import streams.consumer
-from storage.records import FlaggedRecord, StreamCount
+from storage.records import FlaggedRecord, StreamCount, UnstorableRecordError
 from streams.consumer import (
     BatchReport,
     ConsumerLoop,
-    LoopSettings,
     Offsets,
     Unavailable,
-    UnstorableRecord,
 )
 from streams.messages import Message, PlainMessage, Rejection, UndecodableBatch
 from streams.metrics import StreamMetrics
+from streams.settings import LoopSettings
+from tests.support.cancer_model import Model
 
 FAST_RETRY = LoopSettings(retry_initial_s=0.001, retry_max_s=0.002)
 
@@ -89,7 +88,7 @@ class FakeSink:
             raise Unavailable("database: connection refused")
         for r in records:
             if r.record_id == self.unstorable_id:
-                raise UnstorableRecord(r, "NUL character in record")
+                raise UnstorableRecordError("NUL character in record", r)
         self.rows.extend(records)
         return len(records)
 

@@ -11,10 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from confluent_kafka import Producer as ConfluentProducer
 from kafka import KafkaConsumer
-from stream_harness import (
+
+import streams.kafka
+from latentwatch.embedded import EmbeddedBroker
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     Outgoing,
     committed_offsets,
     encode,
@@ -26,10 +30,6 @@ from stream_harness import (
     thread_consumer,
     wait_until,
 )
-
-import streams.kafka
-from latentwatch.embedded import EmbeddedBroker
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -114,7 +114,7 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_and_skipped(
         assert proc.poll() is None, log.read_text()[-3000:]
         wait_until(
             lambda: (
-                sum(committed_offsets(broker.bootstrap, s.group, topic).values())
+                sum(committed_offsets(broker.bootstrap, s.kafka.group, topic).values())
                 >= len(before) + len(zstd) + len(after) + len(other)
             ),
             30,
@@ -132,7 +132,7 @@ def test_a_batch_the_client_cannot_decode_is_dead_lettered_and_skipped(
     assert proc.returncode == 0, text[-3000:]
     assert stopped_s < 10, f"SIGTERM took {stopped_s:.1f} s"
     assert {str(r["record_id"]) for r in stored_rows(db, topic)} == expected
-    committed = committed_offsets(broker.bootstrap, s.group, topic)
+    committed = committed_offsets(broker.bootstrap, s.kafka.group, topic)
     assert committed == {0: len(before) + len(zstd) + len(after), 1: len(other)}
 
     (letter,) = read_topic(broker.bootstrap, f"{topic}.deadletter", expected=1)

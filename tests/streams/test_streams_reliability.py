@@ -15,9 +15,14 @@ from urllib.parse import urlsplit
 
 import orjson
 import pytest
-from cancer_model import Model
 from sqlalchemy.engine import make_url
-from stream_harness import (
+
+import streams.kafka
+from latentwatch.embedded import EmbeddedBroker, free_port
+from latentwatch.settings import ConsumeSettings
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     TcpProxy,
     committed_offsets,
     encode,
@@ -31,11 +36,6 @@ from stream_harness import (
     thread_consumer,
     wait_until,
 )
-
-import streams.kafka
-from latentwatch.embedded import EmbeddedBroker, free_port
-from latentwatch.service import ConsumeSettings
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -153,7 +153,7 @@ def test_sigkilled_consumer_loses_and_duplicates_nothing(
     # SIGTERM finished and committed the work: the group's offsets are past every record
     # (offsets start at 0 in each partition; the broker's end offsets are not exact on Tansu)
     assert "received SIGTERM" in log.read_text()
-    committed = committed_offsets(broker.bootstrap, s.group, topic)
+    committed = committed_offsets(broker.bootstrap, s.kafka.group, topic)
     assert len(committed) == 3 and sum(committed.values()) == len(records)
 
 

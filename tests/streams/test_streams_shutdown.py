@@ -11,11 +11,17 @@ import threading
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
-from stream_harness import (
+
+import latentwatch.service
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.service import stop_on_signals
+from latentwatch.settings import SHUTDOWN_TIMEOUT_S
+from streams.kafka import ensure_topics
+from tests.support.cancer_model import Model
+from tests.support.stream_harness import (
     committed_offsets,
     encode,
     process_consumer,
@@ -23,11 +29,6 @@ from stream_harness import (
     settings,
     wait_until,
 )
-
-import latentwatch.service
-from latentwatch.embedded import EmbeddedBroker
-from latentwatch.service import SHUTDOWN_TIMEOUT_S, stop_on_signals
-from streams.kafka import ensure_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.slow]
 
@@ -62,7 +63,7 @@ def test_sigterm_while_a_write_waits_on_a_table_lock(
         proc.wait(SHUTDOWN_TIMEOUT_S + 5)  # the bound, and room for a busy machine
         text_ = log.read_text()
         # nothing was written, so nothing was committed
-        assert committed_offsets(broker.bootstrap, s.group, topic).get(0, 0) == 0
+        assert committed_offsets(broker.bootstrap, s.kafka.group, topic).get(0, 0) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

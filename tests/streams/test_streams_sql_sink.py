@@ -8,16 +8,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from flagged_records import make_record
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.database import make_engine, session_factory, upgrade
 from storage.models import ModelVersionRow, StreamCountRow
-from storage.records import StreamCount
-from storage.repository import count_flagged, list_model_versions
-from streams.consumer import UnstorableRecord
+from storage.records import StreamCount, UnstorableRecordError
 from streams.sql_sink import SqlSink
+from tests.support.flagged_records import count_flagged, make_record, stored_model_versions
 
 VERSION = "3f9a1c2b7d10"
 
@@ -45,7 +43,7 @@ def sink_and_sessions(db_url: str) -> Iterator[tuple[SqlSink, Sessions, FakeCloc
 
 
 def last_seen(sessions: Sessions) -> datetime:
-    (version,) = list_model_versions(sessions)
+    (version,) = stored_model_versions(sessions)
     return version.last_seen
 
 
@@ -75,10 +73,10 @@ def test_a_deleted_model_row_comes_back_with_the_next_due_batch(
         session.execute(delete(ModelVersionRow))
 
     sink.write([make_record(1)])
-    assert list_model_versions(sessions) == []
+    assert stored_model_versions(sessions) == []
     clock.now += 60.0
     sink.write([make_record(2)])
-    assert [v.version for v in list_model_versions(sessions)] == [VERSION]
+    assert [v.version for v in stored_model_versions(sessions)] == [VERSION]
 
 
 def stored_counts(sessions: Sessions) -> dict[str, tuple[int, int, int, int]]:
@@ -126,7 +124,7 @@ def test_counts_of_a_failed_write_are_kept_and_written_once(
     with a committed transaction."""
     sink, sessions, _ = sink_and_sessions
     sink.count([StreamCount("t", MINUTE, 10, 10, 1, 0)])
-    with pytest.raises(UnstorableRecord):
+    with pytest.raises(UnstorableRecordError):
         sink.write([make_record(1, record={"note": "a\x00b"})])
     assert stored_counts(sessions) == {}
     sink.write([make_record(2)])

@@ -1,6 +1,6 @@
-"""A small real model for the tests that need a trained detector on disk: scikit-learn's
-bundled breast-cancer set, half of the benign records to train on; the other half (normal)
-and the malignant records (anomalous) to stream at it. Built once per session by the
+"""A small real model for the tests that need a trained detector on disk: the breast-cancer
+split of tests.support.detector_data, half of the benign records to train on; the other half
+(normal) and the malignant records (anomalous) to stream at it. Built once per session by the
 ``cancer_model`` fixture in tests/conftest.py."""
 
 from __future__ import annotations
@@ -10,14 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
 
 from detector import artifact
-from detector.detector import Detector, DetectorConfig
+from detector.detector import Detector
 from detector.schema import SchemaOptions
-from detector.training import TrainingConfig
-
-FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
+from tests.support.detector_data import FAST, breast_cancer
 
 Record = dict[str, object]
 
@@ -36,21 +33,17 @@ class Model:
 
 
 def train_model(directory: Path) -> Model:
-    data = load_breast_cancer()
-    names = [str(n).replace(" ", "_") for n in data.feature_names]
-    benign = np.flatnonzero(data.target == 1)
-    benign = benign[np.random.RandomState(0).permutation(len(benign))]
-    malignant = np.flatnonzero(data.target == 0)
+    data = breast_cancer()
 
     def records(rows: np.ndarray, prefix: str) -> list[Record]:
         return [
-            {"id": f"{prefix}{i}", **dict(zip(names, map(float, data.data[i]), strict=True))}
+            {"id": f"{prefix}{i}", **dict(zip(data.names, map(float, data.x[i]), strict=True))}
             for i in rows
         ]
 
-    train = records(benign[: len(benign) // 2], "train-")
-    columns = {n: [r[n] for r in train] for n in ["id", *names]}
+    train = records(data.train, "train-")
+    columns = {n: [r[n] for r in train] for n in ["id", *data.names]}
     detector = Detector.fit(columns, SchemaOptions(id_column="id"), FAST)
     path = directory / "model"
     artifact.save(detector, path)
-    return Model(detector, path, records(benign[len(benign) // 2 :], "b"), records(malignant, "m"))
+    return Model(detector, path, records(data.held_out, "b"), records(data.anomalous, "m"))

@@ -1,8 +1,10 @@
-"""Test data and detector variants shared by the detector tests (plain module: conftest.py
-builds fixtures from it, tests import the types)."""
+"""Test data shared by the tests: the fast training config, scikit-learn's breast-cancer set
+split one way for every test, mixed-type records, and the detector variants of the contract
+tests (tests/detector/conftest.py builds the fixtures)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +13,40 @@ from sklearn.datasets import load_breast_cancer
 from detector.detector import Detector, DetectorConfig
 from detector.training import TrainingConfig
 
+# the one small training config of the tests: a few hundred steps, enough to separate the sets
 FAST = DetectorConfig(training=TrainingConfig(max_steps=600, min_steps=200, patience=5))
+
+
+@dataclass(frozen=True)
+class BreastCancer:
+    """scikit-learn's bundled breast-cancer set (UCI WDBC, 30 measurements): benign = normal,
+    malignant = anomaly. ``normal`` is the benign rows in one fixed shuffled order (seed 0);
+    its first half is what every test model trains on."""
+
+    names: tuple[str, ...]
+    x: np.ndarray
+    normal: np.ndarray  # benign row indices, shuffled
+    anomalous: np.ndarray  # malignant row indices, in file order
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.normal[: len(self.normal) // 2]
+
+    @property
+    def held_out(self) -> np.ndarray:
+        return self.normal[len(self.normal) // 2 :]
+
+
+@functools.cache
+def breast_cancer() -> BreastCancer:
+    data = load_breast_cancer()
+    benign = np.flatnonzero(data.target == 1)
+    return BreastCancer(
+        names=tuple(str(n).replace(" ", "_") for n in data.feature_names),
+        x=data.data,
+        normal=benign[np.random.RandomState(0).permutation(len(benign))],
+        anomalous=np.flatnonzero(data.target == 0),
+    )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 
 import latentwatch.service
 from latentwatch.cli import app
+from latentwatch.settings import ConsumeSettings
+from streams.settings import KafkaSettings
 
 
 def consume_options() -> list[Any]:
@@ -59,25 +61,36 @@ def settings_seen(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 BASE = ["consume", "--model", "m", "--bootstrap", "k:9092", "--topic", "t", "--db", "sqlite://"]
 
 
+def test_the_defaults_of_consume_are_the_settings_dataclasses(settings_seen: list[Any]) -> None:
+    """With only the required options, `consume` runs with every default of ConsumeSettings
+    and of the layers' settings it is made of (one source: the CLI restates none)."""
+    result = CliRunner().invoke(app, BASE, env={})
+    assert result.exit_code == 0, result.output
+    expected = ConsumeSettings(
+        model=Path("m"), db="sqlite://", kafka=KafkaSettings("k:9092", topics=("t",))
+    )
+    assert settings_seen[-1] == expected
+
+
 def test_isolation_level_from_command_line_environment_and_config_file(
     settings_seen: list[Any], tmp_path: Path
 ) -> None:
     runner = CliRunner()
     assert runner.invoke(app, BASE).exit_code == 0
-    assert settings_seen[-1].isolation_level == "read_uncommitted"  # Kafka's default
+    assert settings_seen[-1].kafka.isolation_level == "read_uncommitted"  # Kafka's default
 
     result = runner.invoke(app, [*BASE, "--isolation-level", "read_committed"])
     assert result.exit_code == 0, result.output
-    assert settings_seen[-1].isolation_level == "read_committed"
+    assert settings_seen[-1].kafka.isolation_level == "read_committed"
 
     env = {"LATENTWATCH_ISOLATION_LEVEL": "read_committed"}
     assert runner.invoke(app, BASE, env=env).exit_code == 0
-    assert settings_seen[-1].isolation_level == "read_committed"
+    assert settings_seen[-1].kafka.isolation_level == "read_committed"
 
     config = tmp_path / "latentwatch.toml"
     config.write_text('[consume]\nisolation-level = "read_committed"\n')
     assert runner.invoke(app, [*BASE, "--config", str(config)]).exit_code == 0
-    assert settings_seen[-1].isolation_level == "read_committed"
+    assert settings_seen[-1].kafka.isolation_level == "read_committed"
 
     refused = runner.invoke(app, [*BASE, "--isolation-level", "committed"])
     assert refused.exit_code == 2 and "read_committed" in refused.output

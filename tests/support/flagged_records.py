@@ -1,11 +1,15 @@
 """A plausible flagged record, for the tests that store records (storage, the database sink, the
-db commands)."""
+db commands), and what a test reads back: how many are stored, which model versions."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.models import FlaggedRecordRow, ModelVersionRow
 from storage.records import FlaggedRecord
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -44,3 +48,15 @@ def make_record(offset: int, **changes: Any) -> FlaggedRecord:
     }
     fields.update(changes)
     return FlaggedRecord(**fields)
+
+
+def count_flagged(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(FlaggedRecordRow)) or 0
+
+
+def stored_model_versions(sessions: sessionmaker[Session]) -> list[ModelVersionRow]:
+    """Every model version that has written to this database, oldest first."""
+    with sessions() as session:
+        order = (ModelVersionRow.first_seen, ModelVersionRow.version)
+        return list(session.scalars(select(ModelVersionRow).order_by(*order)))

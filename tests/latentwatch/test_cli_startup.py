@@ -11,11 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cancer_model import Model
 from sqlalchemy.engine import make_url
 
 from latentwatch.embedded import free_port
-from latentwatch.service import ConsumeSettings, StartupTimeoutError, run_consumer
+from latentwatch.service import StartupTimeoutError, run_consumer
+from latentwatch.settings import ConsumeSettings
+from streams.settings import KafkaSettings
+from tests.support.cancer_model import Model
 
 
 def test_nothing_listening_on_the_kafka_port(
@@ -25,12 +27,11 @@ def test_nothing_listening_on_the_kafka_port(
     bootstrap = f"127.0.0.1:{free_port()}"
     settings = ConsumeSettings(
         model=cancer_model.path,
-        bootstrap=bootstrap,
-        topics=("t",),
         db=f"sqlite:///{tmp_path / 'x.db'}",
+        # an attempt: 1 s, not kafka-python's 5
+        kafka=KafkaSettings(bootstrap, topics=("t",), extra={"bootstrap_timeout_ms": 1000}),
         metrics_port=None,
         startup_timeout_s=3.0,
-        kafka_options={"bootstrap_timeout_ms": 1000},  # an attempt: 1 s, not kafka-python's 5
     )
     with pytest.raises(StartupTimeoutError) as error:
         run_consumer(settings)
@@ -66,9 +67,8 @@ def test_a_database_that_is_not_there(
     db = change(make_url(postgres_url)).render_as_string(hide_password=False)  # type: ignore[attr-defined]
     settings = ConsumeSettings(
         model=cancer_model.path,
-        bootstrap="127.0.0.1:1",
-        topics=("t",),
         db=db,
+        kafka=KafkaSettings("127.0.0.1:1", topics=("t",)),
         metrics_port=None,
         startup_timeout_s=1.5,
     )

@@ -8,13 +8,13 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from cancer_model import FAST, Model
-
 from detector import artifact
 from detector.calibration import threshold_for
 from detector.detector import Detector
 from detector.schema import SchemaOptions
 from detector.training import TrainingConfig
+from tests.support.cancer_model import Model
+from tests.support.detector_data import FAST
 
 
 def recalibrated(model: Model, directory: Path, fpr: float) -> Model:

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from flagged_records import make_record
 from kafka import KafkaConsumer
 
 from latentwatch.embedded import EmbeddedBroker
 from storage.database import make_engine, session_factory, upgrade
 from storage.records import StreamCount
 from storage.repository import add_feedback, write_flagged
+from tests.support.flagged_records import make_record
 
 
 def run(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
-from cancer_model import Model
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from streams.kafka import make_producer
+from tests.support.cancer_model import Model
 
 SESSION_TIMEOUT_MS = 1000
 

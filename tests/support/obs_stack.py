@@ -1,4 +1,4 @@
-"""The pieces of the end-to-end observability test (test_obs_prometheus_integration.py): small
+"""The pieces of the end-to-end observability test (test_deployment_prometheus.py): small
 models trained on real data, consumers in threads with their metrics on free loopback ports,
 producers (paced, continuous, with old timestamps), a database table lock, the PromQL of the
 dashboard and the rules with Grafana's variables filled in, and a test copy of the rules whose
@@ -26,16 +26,17 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
-from cancer_model import Model, Record
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
 from detector import artifact
 from detector.calibration import threshold_for
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from streams.kafka import make_producer
-from streams.liveness import LivenessSettings
 from streams.replay import replay_to
+from streams.settings import KafkaSettings, LivenessSettings, LoopSettings
+from tests.support.cancer_model import Model, Record
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
@@ -63,15 +64,14 @@ def consume_settings(model: Path, bootstrap: str, topic: str, db: str) -> Consum
     """A consumer of ``topic`` with its metrics endpoint on a free loopback port."""
     return ConsumeSettings(
         model=model,
-        bootstrap=bootstrap,
-        topics=(topic,),
         db=db,
-        group=f"obs-{topic}",
+        kafka=KafkaSettings(
+            bootstrap, f"obs-{topic}", (topic,), session_timeout_ms=SESSION_TIMEOUT_MS
+        ),
+        # several batches per second of stream: the counters rise in steps
+        loop=LoopSettings(max_records=50, poll_timeout_s=0.2),
         metrics_host="127.0.0.1",
         metrics_port=0,
-        session_timeout_ms=SESSION_TIMEOUT_MS,
-        max_records=50,  # several batches per second of stream: the counters rise in steps
-        poll_timeout_s=0.2,
         liveness=TEST_LIVENESS,
     )
 

@@ -18,15 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from flagged_records import make_record
 from prometheus_client import CollectorRegistry
-from prometheus_server import run_prometheus
 from sqlalchemy import text
 
 from storage.database import make_engine, session_factory
 from storage.models import FlaggedRecordRow
 from storage.repository import write_flagged
 from streams.metrics import StreamMetrics
+from tests.support.flagged_records import make_record
+from tests.support.prometheus_server import run_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARDS = REPO / "dashboards"
@@ -401,3 +401,53 @@ def test_prometheus_helper_runs_a_server(tmp_path: Path) -> None:
         assert prometheus.alerts() == []
         process = prometheus.process
     assert process.poll() is not None  # stopped at exit
+
+
+@pytest.mark.postgres
+def test_shadow_comparison_table_query_runs_on_postgresql(
+    build: ModuleType, new_postgres_database: Callable[[str], str]
+) -> None:
+    """The Models row's comparison table, its macros expanded as Grafana does, on a shadow run
+    whose numbers are known: 100 scored, the live model flagged 2, the shadow model 3, one of
+    them both; a row of another live model and one outside the range are left out."""
+    from storage.records import ModelScore, RunCount  # noqa: PLC0415
+
+    url = new_postgres_database("lw_dash")
+    engine = make_engine(url)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    verdicts = [(True, False), (True, True), (False, True), (False, True)]  # (live, shadow)
+    rows = [
+        ModelScore("shadow", "cand", "t", 0, i, i, None, now, 1.0, 1.0, 1.0, f, "picked", 1.0, lf)
+        for i, (lf, f) in enumerate(verdicts)
+    ]
+    rows.append(
+        ModelScore(
+            "shadow", "cand", "t", 0, 9, 9, None, now, 1.0, 1.0, 1.0, True, "other", 1.0, False
+        )
+    )
+    old = now - timedelta(days=2)
+    rows.append(
+        ModelScore(
+            "shadow", "cand", "t", 0, 8, 8, None, old, 1.0, 1.0, 1.0, True, "picked", 1.0, True
+        )
+    )
+    counts = [
+        RunCount("shadow", "cand", "t", now, 100, 3, 2),
+        RunCount("shadow", "cand", "t", old, 50, 50, 50),
+    ]
+    try:
+        write_flagged(session_factory(engine), [], scores=rows, run_counts=counts)
+        start, end = now - timedelta(hours=1), now + timedelta(minutes=1)
+        between = f"BETWEEN '{start.isoformat()}' AND '{end.isoformat()}'"
+        expanded = (
+            build.SHADOW_COMPARISON_SQL.replace("$__timeFilter(minute)", f"minute {between}")
+            .replace("$__timeFilter(scored_time)", f"scored_time {between}")
+            .replace("${model:sqlstring}", "'picked'")
+        )
+        with engine.connect() as connection:
+            result = connection.execute(text(expanded))
+            columns, found = list(result.keys()), [tuple(r) for r in result.all()]
+    finally:
+        engine.dispose()
+    assert columns == list(build.SHADOW_COMPARISON_COLUMNS)
+    assert found == [("cand", 100, 0.02, 0.03, 1, 4)]

@@ -6,7 +6,7 @@ loopback port: A (PostgreSQL) and B (SQLite). One real Prometheus scrapes both e
 under job ``latentwatch`` and evaluates dashboards/prometheus/alerts.yml every second. The rules
 are a test copy (:func:`obs_stack.with_short_for`) in which every alert's ``for:`` is 5 s instead
 of minutes; nothing else changes (the shipped durations are tested by promtool in
-test_obs_dashboards.py). The 10-minute windows can stay because the whole test fits in them:
+test_deployment_dashboards.py). The 10-minute windows can stay because the whole test fits in them:
 ``rate()`` and ``increase()`` over 10 minutes see every sample since the start.
 
 1. Normal streams to both, with one malformed message per reject reason to A. Every series the
@@ -44,8 +44,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cancer_model import Model
-from obs_stack import (
+
+from latentwatch.embedded import EmbeddedBroker
+from latentwatch.service import BackgroundConsumer
+from tests.support.cancer_model import Model
+from tests.support.obs_stack import (
     SteadyProducer,
     check_rules,
     consume_settings,
@@ -66,10 +69,7 @@ from obs_stack import (
     with_short_for,
     with_variables,
 )
-from prometheus_server import PrometheusServer, Result, run_prometheus
-
-from latentwatch.embedded import EmbeddedBroker
-from latentwatch.service import BackgroundConsumer
+from tests.support.prometheus_server import PrometheusServer, Result, run_prometheus
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "dashboards" / "prometheus" / "alerts.yml"

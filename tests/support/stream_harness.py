@@ -19,11 +19,14 @@ from typing import Any, NamedTuple
 import orjson
 from confluent_kafka import Producer as ConfluentProducer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.pool import NullPool
 
-from latentwatch.service import BackgroundConsumer, ConsumeSettings
+from latentwatch.service import BackgroundConsumer
+from latentwatch.settings import ConsumeSettings
 from streams.kafka import make_producer
+from streams.messages import DecodePolicy
+from streams.settings import KafkaSettings, LoopSettings
 
 # Tansu completes a group join after about session_timeout / 2: keep it short in tests.
 SESSION_TIMEOUT_MS = 1000
@@ -39,22 +42,31 @@ def wait_until(
         time.sleep(interval_s)
 
 
+# the settings a test changes by name, and the layer's settings each belongs to
+_KAFKA = {"session_timeout_ms": "session_timeout_ms", "isolation_level": "isolation_level"}
+_KAFKA |= {"kafka_options": "extra"}
+_LOOP = {"max_records", "poll_timeout_s", "typed_decoding", "explained_features"}
+_POLICY = {"max_message_bytes": "max_bytes", "required_fields": "required_fields"}
+_POLICY |= {"schema_versions": "schema_versions"}
+
+
 def settings(
-    model: Path, bootstrap: str, topic: str, db: str, group: str, **changes: Any
+    model: Path | None, bootstrap: str, topic: str, db: str, group: str, **changes: Any
 ) -> ConsumeSettings:
-    base: dict[str, Any] = {
-        "model": model,
-        "bootstrap": bootstrap,
-        "topics": (topic,),
-        "db": db,
-        "group": group,
-        "metrics_port": None,
-        "session_timeout_ms": SESSION_TIMEOUT_MS,
-        "max_records": 500,
-        "poll_timeout_s": 0.2,
-    }
-    base.update(changes)
-    return ConsumeSettings(**base)
+    """A consumer's settings for a test: small batches, a short session, no metrics endpoint;
+    ``changes`` by the name of the setting (kafka_options, max_message_bytes, liveness...)."""
+    changes = {"session_timeout_ms": SESSION_TIMEOUT_MS, "max_records": 500} | changes
+    changes = {"poll_timeout_s": 0.2, "metrics_port": None} | changes
+    kafka = {_KAFKA[k]: changes.pop(k) for k in list(changes) if k in _KAFKA}
+    policy = {_POLICY[k]: changes.pop(k) for k in list(changes) if k in _POLICY}
+    loop = {k: changes.pop(k) for k in list(changes) if k in _LOOP}
+    return ConsumeSettings(
+        model=model,
+        db=db,
+        kafka=KafkaSettings(bootstrap, group, (topic,), **kafka),
+        loop=LoopSettings(policy=DecodePolicy(**policy), **loop),
+        **changes,
+    )
 
 
 def thread_consumer(s: ConsumeSettings) -> BackgroundConsumer:
@@ -78,21 +90,21 @@ def process_consumer(
         "--model",
         str(s.model),
         "--bootstrap",
-        s.bootstrap,
+        s.kafka.bootstrap,
         "--db",
         s.db,
         "--group",
-        s.group,
+        s.kafka.group,
         "--metrics-port",
         "-1",
         "--session-timeout-ms",
-        str(s.session_timeout_ms),
+        str(s.kafka.session_timeout_ms),
         "--max-records",
-        str(s.max_records),
+        str(s.loop.max_records),
         "--log-level",
         "info",
     ]
-    for topic in s.topics:
+    for topic in s.kafka.topics:
         argv += ["--topic", topic]
     return subprocess.Popen([*argv, *extra], stdout=subprocess.DEVNULL, stderr=log.open("ab"))
 
@@ -192,9 +204,13 @@ def stored_explanations(db_url: str, topic: str) -> list[dict[str, Any]]:
 
 
 def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
+    """The stored rows of ``topic``; none while the consumer has not created its schema (any
+    other error is raised, so a broken query never reads as "nothing stored")."""
     engine = create_engine(db_url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
+            if not inspect(connection).has_table("flagged_records"):
+                return []
             rows = connection.execute(
                 text(
                     "SELECT record_id, kafka_partition, kafka_offset, kafka_timestamp "
@@ -203,8 +219,6 @@ def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
                 {"topic": topic},
             )
             return [dict(r._mapping) for r in rows]
-    except Exception:  # no table yet: nothing stored
-        return []
     finally:
         engine.dispose()
 

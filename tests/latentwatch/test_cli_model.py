@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_breast_cancer
 from sklearn.metrics import roc_auc_score
+
+from tests.support.detector_data import breast_cancer
 
 
 def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,22 +41,15 @@ def assert_user_error(proc: subprocess.CompletedProcess[str], message: str) -> N
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Breast-cancer records as CSV: train = half the benign rows; test = the rest + malignant."""
     root = tmp_path_factory.mktemp("cli")
-    data = load_breast_cancer()
-    names = [n.replace(" ", "_") for n in data.feature_names]
-    malignant = data.target == 0
-    benign = np.flatnonzero(~malignant)
-    order = benign[np.random.RandomState(0).permutation(len(benign))]
-    train, test = (
-        order[: len(order) // 2],
-        np.concatenate([order[len(order) // 2 :], np.flatnonzero(malignant)[:40]]),
-    )
+    data = breast_cancer()
+    train, test = data.train, np.concatenate([data.held_out, data.anomalous[:40]])
 
     def write(path: Path, rows: np.ndarray) -> Path:
         with path.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["record_id", *names, "label"])
+            w.writerow(["record_id", *data.names, "label"])
             for i in rows:
-                w.writerow([f"p{i:04d}", *data.data[i], int(malignant[i])])
+                w.writerow([f"p{i:04d}", *data.x[i], int(i in data.anomalous)])
         return path
 
     return {

@@ -1,0 +1,1 @@
+"""What every layer shares without importing another: the error base of latentwatch."""

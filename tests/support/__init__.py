@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: data, models, databases, the stream harness, Prometheus."""
