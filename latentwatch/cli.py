@@ -386,6 +386,13 @@ def consume(
             help="Features explained per flagged record, most surprising first; 0: all",
         ),
     ] = LoopSettings.explained_features,
+    nearest_normal: Annotated[
+        bool,
+        typer.Option(
+            envvar=env_var("NEAREST_NORMAL"),
+            help="Store each flagged record's nearest normal record and field attributions",
+        ),
+    ] = LoopSettings.nearest_normal,
     require: Annotated[
         list[str] | None,
         typer.Option(
@@ -459,6 +466,7 @@ def consume(
         max_records=max_records,
         policy=policy,
         explained_features=explain_features,
+        nearest_normal=nearest_normal,
         typed_decoding=typed_decoding,
     )
     settings = ConsumeSettings(

@@ -46,6 +46,7 @@ def wait_until(
 _KAFKA = {"session_timeout_ms": "session_timeout_ms", "isolation_level": "isolation_level"}
 _KAFKA |= {"kafka_options": "extra"}
 _LOOP = {"max_records", "poll_timeout_s", "typed_decoding", "explained_features"}
+_LOOP |= {"nearest_normal"}
 _POLICY = {"max_message_bytes": "max_bytes", "required_fields": "required_fields"}
 _POLICY |= {"schema_versions": "schema_versions"}
 
