@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp
 
 from api.dependencies import bearer_auth
+from api.explain import Explainer, explain_router
 from api.flagged import flagged_router
 from api.guard import RequestGuard
 from api.lifecycle import lifecycle_router
@@ -52,9 +53,14 @@ class _GuardedApp(FastAPI):
         return RequestGuard(super().build_middleware_stack(), self.state.settings)
 
 
-def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) -> FastAPI:
+def create_app(
+    settings: ApiSettings,
+    session_factory: sessionmaker[Session],
+    explainer: Explainer | None = None,
+) -> FastAPI:
     """The API and explorer over the database that ``session_factory`` opens. Route code gets
-    sessions through ``api.dependencies.get_session_factory``/``get_session`` (overridable)."""
+    sessions through ``api.dependencies.get_session_factory``/``get_session`` (overridable);
+    ``explainer`` explains posted records (none: that route answers 404)."""
     # With a token, the schema is served behind it too, and the interactive pages (which fetch
     # the schema without a token, and their scripts from a CDN) are off.
     public = not settings.token
@@ -86,7 +92,12 @@ def create_app(settings: ApiSettings, session_factory: sessionmaker[Session]) ->
         else {}
     )
     # the lifecycle's /api/models/compare before overview's /api/models/{version}
-    routers = (flagged_router(settings), lifecycle_router(settings), overview_router(settings))
+    routers = (
+        flagged_router(settings),
+        lifecycle_router(settings),
+        overview_router(settings),
+        explain_router(settings, explainer),
+    )
     for router in routers:
         app.include_router(router, dependencies=protected, responses=everywhere | unauthorized)
     readiness = ReadinessCheck(settings.ready_timeout_s)

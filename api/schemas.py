@@ -50,6 +50,43 @@ class FeatureOut(_Out):
         None, description="Nats this field adds to the reconstruction score."
     )
     share: Number | None = Field(None, description="Part of the reconstruction score, 0..1.")
+    attribution: Number | None = Field(
+        None,
+        description="Nats of (score - the nearest normal record's score) this field accounts "
+        "for; the fields are ordered by it. Absent on records stored before it existed.",
+    )
+
+
+class ChangeOut(_Out):
+    name: str
+    actual: Any = Field(None, description="The record's value (null when missing).")
+    normal: Any = Field(None, description="The nearest normal record's value.")
+    delta: Number | None = Field(None, description="normal - actual, for numbers.")
+    attribution: Number
+
+
+class PathPointOut(_Out):
+    t: Number = Field(description="Share of the way from the record's code to the cluster mode.")
+    p_value: Number = Field(description="The record's p-value with the changes of this step.")
+    latent_2d: list[Number]
+
+
+class NearestNormalOut(_Out):
+    model_config = ConfigDict(from_attributes=True, extra="allow")
+
+    reached: bool = Field(description="False: no point of the walk scored normal.")
+    score: Number
+    p_value: Number
+    normal_score: Number
+    normal_p_value: Number
+    changes: list[ChangeOut] = Field(
+        description="The fields that change, largest attribution first; the attributions "
+        "add up to score - normal_score."
+    )
+    density_attribution: Number | None = None
+    reconstruction_attribution: Number | None = None
+    path: list[PathPointOut] = Field(description="The walk in latent space, step by step.")
+    latent_2d: list[Number] = Field(description="The record's own point on the latent map.")
 
 
 class ExplanationOut(_Out):
@@ -67,6 +104,19 @@ class ExplanationOut(_Out):
         None,
         description="[x, y] on the model's 2-D latent map (GET /api/models: manifest.latent_map).",
     )
+    nearest_normal: NearestNormalOut | None = Field(
+        None,
+        description="The nearest record the model scores normal, found by walking the latent "
+        "space (absent on records stored before it existed).",
+    )
+
+
+class ExplainOut(_Out):
+    model_version: str
+    score: Number
+    p_value: Number
+    flagged: bool
+    explanation: ExplanationOut
 
 
 class FlaggedSummaryOut(_Out):

@@ -16,6 +16,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.explain import Explainer
 from api.settings import LOOPBACK_HOSTS, ApiSettings, ApiSettingsError
 from storage.database import ensure_schema, make_engine, session_factory
 
@@ -45,6 +46,8 @@ def run_api(
     port: int = 8000,
     token: str | None = None,
     trusted_hosts: tuple[str, ...] = (),
+    *,
+    explainer: Explainer | None = None,
 ) -> None:
     """Serve the API and explorer for the database at ``db_url`` until interrupted (see
     :func:`serving_settings`). The schema is checked first (SQLite is upgraded; PostgreSQL
@@ -53,7 +56,7 @@ def run_api(
     engine = make_engine(db_url)
     try:
         ensure_schema(engine)
-        app = create_app(settings, session_factory(engine))
+        app = create_app(settings, session_factory(engine), explainer)
         log.info("answering requests for the hosts %s", ", ".join(settings.trusted_hosts))
         uvicorn.run(app, host=host, port=port, log_level="info")
     finally:

@@ -52,6 +52,8 @@ class ApiSettings:
     export_chunk_size: int = 1_000  # rows per database round trip while streaming an export
     max_buckets: int = 10_000  # time buckets per stats answer
     ready_timeout_s: float = 2.0  # /ready answers 503 when the database takes longer
+    max_record_bytes: int = 65_536  # a record posted to be explained
+    max_record_fields: int = 2_000
 
     def __post_init__(self) -> None:
         problem = token_problem(self.token) if self.token is not None else None
@@ -72,6 +74,8 @@ class ApiSettings:
             "max_buckets",
             "max_query_bytes",
             "max_query_params",
+            "max_record_bytes",
+            "max_record_fields",
         ):
             if getattr(self, name) < 1:
                 raise ApiSettingsError(f"ApiSettings.{name} must be at least 1")

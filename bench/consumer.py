@@ -1,12 +1,12 @@
 """The consumer's own work per record, without a broker: steadier than bench/stream.py.
 
-The real ``ConsumerLoop.process`` (decode, validate, score, explain, write flagged records to
-SQLite in one transaction a batch, metrics) runs on pre-built micro-batches of the records
-bench/stream.py sends (30 numeric features, 5 % malignant), with a source whose commit returns
-at once. Beside it, in the same run: what the raw loop of bench/stream.py does after each poll
-(orjson-decode every value), the database write alone, and the marks the loop leaves for the
-liveness watchdog (streams/liveness.py) in a batch. Each figure is the best of --repeats passes
-over all batches, a new SQLite file each time.
+The real ``ConsumerLoop.process`` (decode, validate, score, explain with the nearest normal record,
+write flagged records to SQLite in one transaction a batch, metrics) runs on pre-built micro-batches
+of the records bench/stream.py sends (30 numeric features, 5 % malignant), with a source whose
+commit returns at once, and again without nearest normal records. Beside it, in the same run: what
+the raw loop of bench/stream.py does after each poll (orjson-decode every value), the database write
+alone, and the marks the loop leaves for the liveness watchdog (streams/liveness.py) in a batch.
+Each figure is the best of --repeats passes over all batches, a new SQLite file each time.
 
     python bench/consumer.py [--batches 30] [--batch 2000] [--repeats 5]
 """
@@ -99,19 +99,21 @@ def main() -> None:
             made.register_model()
             return made
 
-        def loop(typed: bool) -> ConsumerLoop:
+        def loop(typed: bool, nearest: bool = True) -> ConsumerLoop:
             return ConsumerLoop(
                 InstantSource(),
                 detector=detector,
                 sink=sink(),
                 dead_letters=NoDeadLetters(),
                 metrics=model_metrics(CollectorRegistry(), detector, manifest, ["bench"]),
-                settings=LoopSettings(max_records=args.batch, typed_decoding=typed),
+                settings=LoopSettings(
+                    max_records=args.batch, typed_decoding=typed, nearest_normal=nearest
+                ),
             )
 
-        def consume(typed: bool) -> Callable[[], None]:
+        def consume(typed: bool, nearest: bool = True) -> Callable[[], None]:
             def run() -> None:
-                each = loop(typed)
+                each = loop(typed, nearest)
                 stop = threading.Event()
                 for batch in batches:
                     each.process(batch, stop)
@@ -150,11 +152,16 @@ def main() -> None:
             "raw loop's work after poll (orjson.loads of each value)": raw_work,
             "latentwatch process(), typed decoding": consume(typed=True),
             "latentwatch process(), orjson only (--no-typed-decoding)": consume(typed=False),
+            "latentwatch process(), typed, without nearest normal records": consume(
+                typed=True, nearest=False
+            ),
             "of which: the database write alone (write_flagged)": database_only,
             "of which: the liveness marks of a batch (poll, write, commit)": liveness_marks,
         }
         results = {label: best_seconds(run, args.repeats) for label, run in timings.items()}
     per_batch = sum(map(len, flagged)) / args.batches
+    with_walk = results["latentwatch process(), typed decoding"]
+    without = results["latentwatch process(), typed, without nearest normal records"]
     print(describe())
     print(
         f"{args.batches} batches of {args.batch:,} records x 30 features, {per_batch:.1f} "
@@ -169,6 +176,11 @@ def main() -> None:
             if per_record >= 0.01
             else f"| {label} | {per_record:.4f} |"
         )
+
+    print(
+        f"\nnearest normal records (issue 20): throughput {without / with_walk:.1%} of the "
+        f"consumer's without them ({per_batch / args.batch:.1%} of records flagged)"
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class FeatureExplanation(NamedTuple):
     expected: object  # what the model reconstructs from the latent code
     contribution: float  # nats of the reconstruction term
     share: float  # of the reconstruction term, 0..1
+    attribution: float | None = None  # nats of score - nearest normal score (counterfactual)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class Explanation:
                     "expected": f.expected,
                     "contribution": f.contribution,
                     "share": f.share,
+                    **({} if f.attribution is None else {"attribution": f.attribution}),
                 }
                 for f in self.features
             ],
@@ -80,16 +82,28 @@ def explain_rows(
     *,
     actual: Sequence[Mapping[str, object]],
     top: int = 5,
+    attributions: np.ndarray | None = None,
 ) -> list[Explanation]:
     """Explain scored rows; ``actual[k]`` is the record of ``rows[k]`` (or its values by field
-    name). Batched: the consumer explains every flagged record of a micro-batch, and per-row
-    numpy calls cost more than the maths."""
+    name). With ``attributions`` [len(rows), n_fields] (detector.counterfactual) the fields are
+    ordered by them, ties by reconstruction. Batched: the consumer explains every flagged record
+    of a micro-batch, and per-row numpy calls cost more than the maths."""
     index = np.asarray(rows, dtype=np.intp)
     unscored = index[~scores.valid[index]]
     if unscored.size:
         raise ValueError(f"row {unscored[0]} was not scored: {scores.reasons[unscored[0]]}")
     contributions = scores.contributions[index]
-    top_idx = top_feature_indices(contributions, top)
+    if attributions is None:
+        top_idx = top_feature_indices(contributions, top)
+        attributed: list[list[float | None]] = [[None] * top_idx.shape[1]] * len(index)
+    else:
+        fallback = -np.nan_to_num(contributions, nan=-np.inf)
+        order = np.array(
+            [np.lexsort((f, -a)) for f, a in zip(fallback, attributions, strict=True)],
+            dtype=np.intp,
+        ).reshape(len(index), -1)
+        top_idx = order[:, :top]
+        attributed = np.take_along_axis(attributions, top_idx, axis=1).tolist()
     top_contrib = np.take_along_axis(contributions, top_idx, axis=1)
     totals = scores.reconstruction[index]
     totals = np.where(totals == 0.0, 1.0, totals)[:, None]
@@ -105,14 +119,14 @@ def explain_rows(
     distances = scores.cluster_distance[index].tolist()
     names = schema.names
     out = []
-    for k, (record, fields, nats, share) in enumerate(
-        zip(actual, top_idx.tolist(), top_contrib.tolist(), shares, strict=True)
+    for k, (record, fields, nats, share, attr) in enumerate(
+        zip(actual, top_idx.tolist(), top_contrib.tolist(), shares, attributed, strict=True)
     ):
         features = tuple(
             FeatureExplanation(
-                names[j], plain_value(record.get(names[j])), plain_value(expected[j][k]), c, s
+                names[j], plain_value(record.get(names[j])), plain_value(expected[j][k]), c, s, a
             )
-            for j, c, s in zip(fields, nats, share, strict=True)
+            for j, c, s, a in zip(fields, nats, share, attr, strict=True)
         )
         x, y = latent_2d[k]
         out.append(

@@ -156,7 +156,7 @@ def train(
 
 
 # The numeric columns of `latentwatch score`'s CSV, in order: a ScoreBatch field each, and the
-# type it is written as; the top features and the reject reason follow.
+# type it is written as; the top features, the reject reason and the nearest normal follow.
 _NUMBER_COLUMNS: tuple[tuple[str, type[float] | type[int]], ...] = (
     ("score", float),
     ("severity", float),
@@ -169,7 +169,32 @@ _NUMBER_COLUMNS: tuple[tuple[str, type[float] | type[int]], ...] = (
     ("cluster", int),
     ("cluster_distance", float),
 )
-SCORE_COLUMNS = (*(name for name, _ in _NUMBER_COLUMNS), "top_features", "reason")
+SCORE_COLUMNS = (
+    *(name for name, _ in _NUMBER_COLUMNS),
+    "top_features",
+    "reason",
+    "nearest_normal",
+)
+
+
+def _nearest_normal_column(
+    detector: Any, columns: Any, scores: Any, names: list[list[str]], top: int
+) -> dict[int, str]:
+    """For each flagged row: its nearest normal record's changes ("field: actual -> normal",
+    largest attribution first); its top features become the fields by attribution."""
+    from detector.counterfactual import nearest_normal_records
+    from detector.encoding import plain_value
+
+    rows = [int(i) for i in scores.flagged.nonzero()[0]]
+    records = [
+        {n: plain_value(columns[n][i]) for n in detector.schema.names if n in columns} for i in rows
+    ]
+    out = {}
+    for i, walk in zip(rows, nearest_normal_records(detector, records), strict=True):
+        order = walk.ranking(scores.contributions[i])
+        names[i] = [detector.schema.names[j] for j in order[:top]]
+        out[i] = "; ".join(f"{c.name}: {c.actual} -> {c.normal}" for c in walk.changes)
+    return out
 
 
 @app.command()
@@ -217,13 +242,14 @@ def score(
         ids = [None] * table.n_rows
     scores = detector.score_columns(table.columns, table.n_rows, table.reasons)
     names = top_feature_names(schema, scores, top)
+    walks = _nearest_normal_column(detector, table.columns, scores, names, top)
 
     def rows() -> Iterator[list[Any]]:
         for i in range(table.n_rows):
             ok = bool(scores.valid[i])
             row: list[Any] = [ids[i]] if ids is not None else []
             row += [kind(getattr(scores, name)[i]) for name, kind in _NUMBER_COLUMNS]
-            row += [";".join(names[i]), "" if ok else scores.reasons[i]]
+            row += [";".join(names[i]), "" if ok else scores.reasons[i], walks.get(i, "")]
             yield ["" if isinstance(v, float) and math.isnan(v) else v for v in row]
 
     header = ([schema.id_column] if schema.id_column else []) + list(SCORE_COLUMNS)
@@ -365,6 +391,13 @@ def consume(
             help="Features explained per flagged record, most surprising first; 0: all",
         ),
     ] = LoopSettings.explained_features,
+    nearest_normal: Annotated[
+        bool,
+        typer.Option(
+            envvar=env_var("NEAREST_NORMAL"),
+            help="Store each flagged record's nearest normal record and field attributions",
+        ),
+    ] = LoopSettings.nearest_normal,
     require: Annotated[
         list[str] | None,
         typer.Option(
@@ -438,6 +471,7 @@ def consume(
         max_records=max_records,
         policy=policy,
         explained_features=explain_features,
+        nearest_normal=nearest_normal,
         typed_decoding=typed_decoding,
     )
     settings = ConsumeSettings(
@@ -622,14 +656,30 @@ def api(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar=env_var("LOG_LEVEL"))] = "info",
+    model: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A model directory whose version POST /api/models/{version}/explain "
+            "explains records with (repeatable)"
+        ),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the query API and the explorer page (loopback by default)."""
     from api.server import run_api
+    from latentwatch.explaining import ModelExplainer
 
     secret = _api_token(ctx, token, token_file)
     setup_logging(log_level)
-    run_api(db, host=host, port=port, token=secret, trusted_hosts=split_values(trusted_host))
+    explainer = ModelExplainer(model) if model else None
+    run_api(
+        db,
+        host=host,
+        port=port,
+        token=secret,
+        trusted_hosts=split_values(trusted_host),
+        explainer=explainer,
+    )
 
 
 def _api_token(ctx: typer.Context, token: str | None, token_file: Path | None) -> str | None:

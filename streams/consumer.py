@@ -334,6 +334,7 @@ class ConsumerLoop:
             s.policy,
             now,
             explained_features=s.explained_features,
+            nearest_normal=s.nearest_normal,
             typed=self._typed,
         )
 

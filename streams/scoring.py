@@ -13,6 +13,7 @@ from typing import Any, cast
 import numpy as np
 import orjson
 
+from detector import counterfactual
 from detector.detector import Detector
 from detector.explain import explain_rows
 from detector.scoring import ScoreBatch
@@ -85,21 +86,27 @@ def flagged_records(
     record_of: Callable[[int], Mapping[str, Any]],
     now: datetime,
     explained_features: int = EXPLAINED_FEATURES,
+    nearest_normal: bool = True,
 ) -> list[FlaggedRecord]:
     """Storage rows for the flagged rows of ``scores`` (indices into ``messages`` too), whose
-    decoded records ``record_of`` gives, explained in one batch; numpy columns become Python
-    lists once, not one scalar at a time."""
+    decoded records ``record_of`` gives, explained in one batch (with ``nearest_normal``, each
+    with its nearest normal record and fields ordered by their attributions); numpy columns
+    become Python lists once, not one scalar at a time."""
     rows = np.flatnonzero(scores.flagged)
     chosen = [record_of(i) for i in rows.tolist()]
     schema = detector.schema
+    top = explained_features or len(schema.names)
+    walks = counterfactual.nearest_normal_records(detector, chosen) if nearest_normal else []
     explanations = explain_rows(
         schema,
         detector.latent_map,
         scores,
         rows,
         actual=chosen,
-        top=explained_features or len(schema.names),
+        top=top,
+        attributions=np.array([w.attributions for w in walks]) if walks else None,
     )
+    extra = [{"nearest_normal": counterfactual.to_dict(w, detector.latent_map, top)} for w in walks]
     columns = {name: getattr(scores, name)[rows].tolist() for name in _SCORE_FIELDS}
     out = []
     for k, (i, record, why) in enumerate(zip(rows.tolist(), chosen, explanations, strict=True)):
@@ -120,7 +127,7 @@ def flagged_records(
                 scored_time=now,
                 model_version=detector.version,
                 top_feature=why.features[0].name if why.features else None,
-                explanation=why.to_dict(),
+                explanation=why.to_dict() | (extra[k] if extra else {}),
                 record=record,
                 **{name: values[k] for name, values in columns.items()},
             )
@@ -136,6 +143,7 @@ def score_messages(
     now: datetime,
     *,
     explained_features: int = EXPLAINED_FEATURES,
+    nearest_normal: bool = True,
     typed: TypedDecoder | None = None,
 ) -> TopicBatch:
     """Decode and score one topic's messages; bad ones become rejections, never exceptions.
@@ -145,7 +153,14 @@ def score_messages(
     typed = typed if policy.plain else None  # the typed path knows no policy beyond the size
     if typed is not None:
         batch = _score_typed(
-            topic, messages, detector, typed, policy.max_bytes, now, explained_features
+            topic,
+            messages,
+            detector,
+            typed,
+            policy.max_bytes,
+            now,
+            explained_features,
+            nearest_normal,
         )
         if batch is not None:
             return batch
@@ -176,6 +191,7 @@ def score_messages(
         record_of=records.__getitem__,
         now=now,
         explained_features=explained_features,
+        nearest_normal=nearest_normal,
     )
     scored = [m for m, ok in zip(decoded_messages, scores.valid, strict=True) if ok]
     return TopicBatch(topic, len(messages), rejections, scored, scores, flagged)
@@ -189,6 +205,7 @@ def _score_typed(  # noqa: PLR0917  (a private step of score_messages, called on
     max_bytes: int,
     now: datetime,
     explained_features: int,
+    nearest_normal: bool,
 ) -> TopicBatch | None:
     """The batch scored from typed columns, or None if the typed decoder declines it."""
     values = list(map(_VALUE, messages))
@@ -205,5 +222,6 @@ def _score_typed(  # noqa: PLR0917  (a private step of score_messages, called on
         record_of=lambda i: orjson.loads(cast(bytes, values[i])),
         now=now,
         explained_features=explained_features,
+        nearest_normal=nearest_normal,
     )
     return TopicBatch(topic, len(messages), [], list(messages), scores, flagged)

@@ -41,6 +41,7 @@ class LoopSettings:
     retry_max_s: float = 10.0
     policy: DecodePolicy = field(default_factory=DecodePolicy)
     explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
+    nearest_normal: bool = True  # each flagged record's nearest normal record (counterfactual)
     typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
 
 

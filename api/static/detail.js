@@ -4,6 +4,7 @@
 import { clear, el, formatNumber, formatTime, severityClass, svg } from "./dom.js";
 import { drawFeatureBars } from "./featurebars.js";
 import { drawLatentMap } from "./latentmap.js";
+import { drawStrip } from "./strip.js";
 
 export function severityBadge(severity, flagSeverity) {
   const title = typeof flagSeverity === "number"
@@ -84,7 +85,11 @@ export function renderDetail(target, d, { model, onVerdict, onClose }) {
         el("small", {}, "severity")),
     ),
     scoreGrid(d),
-    el("h3", {}, "Why: fields the model could not reconstruct"),
+    el("h3", {}, "What would be normal: the nearest normal record"),
+    drawStrip(d.explanation.nearest_normal),
+    el("h3", {}, d.explanation.nearest_normal
+      ? "Why: fields by their share of the score"
+      : "Why: fields the model could not reconstruct"),
     drawFeatureBars(d.explanation.features || [], schemaFields(model)),
     el("h3", {}, "Where: the latent map"),
     el("figure", { class: "map" },
@@ -111,11 +116,14 @@ export function drawMap(d, model, records, onSelect) {
     .filter((r) => r.model_version === d.model_version && r.explanation?.latent_2d && r.id !== d.id)
     .map(toPoint);
   if (d.explanation?.latent_2d) points.push(toPoint(d));
-  drawLatentMap(target, { clusters, points, selectedId: d.id, onSelect });
+  const walk = d.explanation?.nearest_normal;
+  const path = walk?.path?.length ? [walk.latent_2d, ...walk.path.map((p) => p.latent_2d)] : null;
+  drawLatentMap(target, { clusters, points, selectedId: d.id, onSelect, path });
   const outside = target.querySelectorAll(".outlier").length;
   document.getElementById("map-caption").textContent = (clusters.length
     ? `${clusters.length} reference clusters (2σ ellipses) of model ${d.model_version}; `
       + `${points.length} flagged records of this page, the selected one ringed.`
     : "This model's manifest has no latent map: only the records are drawn.")
-    + (outside ? ` ${outside} far outside the clusters: arrows on the edge point their way.` : "");
+    + (outside ? ` ${outside} far outside the clusters: arrows on the edge point their way.` : "")
+    + (path ? " The dashed line is the walk to its nearest normal record." : "");
 }

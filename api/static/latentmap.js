@@ -102,9 +102,10 @@ export function placeLabels(anchors) {
 
 /**
  * Draw into `target` (an <svg>). clusters: latent_map.clusters; points: [{id, xy, cluster}];
- * onSelect(id) is called when a point is clicked.
+ * onSelect(id) is called when a point is clicked; path: [[x, y], ...] the selected record's
+ * walk to its nearest normal record, drawn dashed with its end marked.
  */
-export function drawLatentMap(target, { clusters, points: given, selectedId, onSelect }) {
+export function drawLatentMap(target, { clusters, points: given, selectedId, onSelect, path = null }) {
   clear(target);
   target.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
   const points = given.map((p) => ({ ...p, xy: p.xy.map(asNumber) }));
@@ -184,5 +185,15 @@ export function drawLatentMap(target, { clusters, points: given, selectedId, onS
       "data-x": edge.x, "data-y": edge.y,
     }, svg("title", {}, `record ${p.id} (cluster ${p.cluster}): far outside this view, at (${where})`)));
   }
-  target.append(dots, labels);
+  const walk = svg("g", { class: "walk" });
+  const steps = (path ?? []).map((xy) => xy.map(asNumber)).filter((xy) => xy.every(Number.isFinite));
+  if (steps.length > 1) {
+    walk.append(svg("polyline", {
+      class: "walk-path", points: steps.map(([x, y]) => `${px(x)},${py(y)}`).join(" "),
+    }, svg("title", {}, "the walk to the nearest normal record")));
+    const [ex, ey] = steps[steps.length - 1];
+    walk.append(svg("circle", { class: "walk-end", cx: px(ex), cy: py(ey), r: 5 },
+      svg("title", {}, "the nearest normal record")));
+  }
+  target.append(walk, dots, labels);
 }

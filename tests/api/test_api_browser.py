@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, sync_playwright
 from sqlalchemy import select
@@ -21,11 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.app import create_app
 from api.server import ApiServer, serve_app_in_thread
 from api.settings import ApiSettings
+from detector import artifact
 from storage.database import make_engine, session_factory, upgrade
 from storage.models import FlaggedRecordRow
 from storage.queries import get_flagged
 from storage.records import ModelVersion
 from storage.repository import write_flagged
+from streams.messages import PlainMessage
+from streams.scoring import flagged_records
 from tests.support.api_data import MODEL_A, T0, flagged, manifest, seed
 
 pytestmark = pytest.mark.browser
@@ -543,3 +547,50 @@ def boxes(page: Page, selector: str) -> list[dict[str, float]]:
         page.locator(selector).nth(i).bounding_box() for i in range(page.locator(selector).count())
     ]
     return [box for box in found if box is not None]
+
+
+def test_the_nearest_normal_record_shows_as_a_strip_and_a_walk_on_the_map(
+    browser: Browser, cancer_model: Any, tmp_path: Path
+) -> None:
+    """A record flagged by the real detector path: the strip runs from its nearest normal
+    record to it, the changed cells highlighted; the map draws the walk. A record stored
+    before nearest normal records existed still opens, with a note."""
+    det = cancer_model.detector
+    odd = dict(cancer_model.normal[0])
+    odd["mean_area"] = float(odd["mean_area"]) * 8
+    records = [odd]
+    message = PlainMessage("cf", 0, 0, 1_790_000_000_000, None, orjson.dumps(odd))
+    rows = flagged_records(
+        det, [message], det.score_records(records), record_of=records.__getitem__, now=T0
+    )
+    assert rows
+    url = f"sqlite:///{tmp_path / 'cf.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    _, manifest = artifact.load(cancer_model.path)
+    write_flagged(factory, [*rows, flagged(7)], [ModelVersion(det.version, manifest), MODEL_A])
+    walk = rows[0].explanation["nearest_normal"]
+    with serve(factory) as running:
+        new = record_id(factory, str(odd["id"]))
+        page, errors = open_page(browser, f"{running.url}/?id={new}")
+        page.wait_for_selector("#nearest-normal table.strip")
+        names = page.locator("#nearest-normal tbody tr").evaluate_all(
+            "(rs) => rs.map((r) => r.dataset.field)"
+        )
+        assert names == [c["name"] for c in walk["changes"]]
+        first = page.locator("#nearest-normal tbody tr").first
+        assert "changed" not in (first.locator("td[data-step='0']").get_attribute("class") or "")
+        assert "changed" in (first.locator("td[data-step='1']").get_attribute("class") or "")
+        points = page.locator("#latent-map polyline.walk-path").get_attribute("points") or ""
+        assert len(points.split()) == len(walk["path"]) + 1
+        assert page.locator("#latent-map circle.walk-end").count() == 1
+        assert "walk to its nearest normal record" in page.inner_text("#map-caption")
+        screenshot(page, "explorer-nearest-normal.png", full_page=True)
+        old = record_id(factory, flagged(7).record_id or "")
+        page.goto(f"{running.url}/?id={old}")
+        page.wait_for_selector("#nearest-normal.muted")
+        assert "Stored before" in page.inner_text("#nearest-normal")
+        page.close()
+    engine.dispose()
+    assert errors == []

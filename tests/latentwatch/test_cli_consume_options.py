@@ -94,3 +94,14 @@ def test_isolation_level_from_command_line_environment_and_config_file(
 
     refused = runner.invoke(app, [*BASE, "--isolation-level", "committed"])
     assert refused.exit_code == 2 and "read_committed" in refused.output
+
+
+def test_nearest_normal_records_can_be_turned_off(settings_seen: list[Any]) -> None:
+    runner = CliRunner()
+    assert runner.invoke(app, BASE, env={}).exit_code == 0
+    assert settings_seen[-1].loop.nearest_normal is True
+    assert runner.invoke(app, [*BASE, "--no-nearest-normal"], env={}).exit_code == 0
+    assert settings_seen[-1].loop.nearest_normal is False
+    env = {"LATENTWATCH_NEAREST_NORMAL": "false"}
+    assert runner.invoke(app, BASE, env=env).exit_code == 0
+    assert settings_seen[-1].loop.nearest_normal is False

@@ -107,6 +107,13 @@ def test_train_score_inspect_end_to_end(files: dict[str, Path], model: Path) -> 
     assert flagged[labels == 1].mean() > flagged[labels == 0].mean()
     assert all(0 <= float(r["severity"]) <= 100 for r in scored)
     assert all(len(r["top_features"].split(";")) == 3 for r in scored)
+    # a flagged row names its nearest normal record's changes, its top feature the first
+    for r in scored:
+        changes = r["nearest_normal"]
+        assert bool(changes) == (r["flagged"] == "1")
+        if changes:
+            first = changes.split("; ")[0]
+            assert " -> " in first and first.split(":")[0] == r["top_features"].split(";")[0]
 
     summary = run("inspect", "--model", model).stdout
     assert "reference clusters" in summary and "mean_radius" in summary

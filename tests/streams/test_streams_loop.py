@@ -206,19 +206,37 @@ def test_flagged_rows_carry_position_scores_and_explanation(model: Model) -> Non
     )
 
 
-@pytest.mark.parametrize("explained", [5, 2, 0])
-def test_flagged_records_explain_as_many_features_as_asked(model: Model, explained: int) -> None:
+@pytest.mark.parametrize(("explained", "nearest"), [(5, True), (2, True), (0, True), (5, False)])
+def test_flagged_records_explain_as_many_features_as_asked(
+    model: Model, explained: int, nearest: bool
+) -> None:
     journal, stop = Journal(), threading.Event()
     source = FakeSource([messages(encoded(model.anomalous[:5]))], journal, stop)
     sink = FakeSink(journal)
-    settings = LoopSettings(retry_initial_s=0.001, explained_features=explained)
+    settings = LoopSettings(
+        retry_initial_s=0.001, explained_features=explained, nearest_normal=nearest
+    )
     loop, _ = make_loop(model, source, sink, FakeDeadLetters(journal), settings=settings)
     loop.run(stop)
     n_fields = len(model.detector.schema.names)
+    assert sink.rows
     for row in sink.rows:
-        contributions = [f["contribution"] for f in row.explanation["features"]]
-        assert len(contributions) == (explained or n_fields)
-        assert contributions == sorted(contributions, reverse=True)
+        features = row.explanation["features"]
+        assert len(features) == (explained or n_fields)
+        if nearest:  # by attribution: the changed fields that raised the score first
+            walk = row.explanation["nearest_normal"]
+            assert len(walk["changes"]) <= (explained or n_fields)
+            attributions = [f["attribution"] for f in features]
+            assert attributions == sorted(attributions, reverse=True)
+            raised = [c["name"] for c in walk["changes"] if c["attribution"] > 0]
+            assert (
+                raised
+                and [f["name"] for f in features[: len(raised)]] == raised[: explained or None]
+            )
+        else:  # as before: by reconstruction, and nothing else stored
+            contributions = [f["contribution"] for f in features]
+            assert contributions == sorted(contributions, reverse=True)
+            assert "nearest_normal" not in row.explanation
 
 
 def test_poison_messages_never_stop_the_stream(model: Model) -> None:

@@ -31,6 +31,7 @@ from tests.support.stream_harness import (
     producer,
     read_topic,
     settings,
+    stored_explanations,
     stored_rows,
     thread_consumer,
     wait_until,
@@ -61,6 +62,23 @@ def assert_exactly_once(db_url: str, topic: str, expected_ids: set[str]) -> None
     assert not duplicates, f"stored more than once: {duplicates}"
     missing, unexpected = expected_ids - set(ids), set(ids) - expected_ids
     assert not missing and not unexpected, f"missing {missing}, unexpected {unexpected}"
+
+
+def assert_explained_with_nearest_normal(db_url: str, topic: str) -> None:
+    """The contract of issue 20: every flagged record carries its nearest normal record (the
+    fields to change, the walk's p-values) and fields ordered by attributions adding up to the
+    score difference."""
+    explanations = stored_explanations(db_url, topic)
+    assert explanations
+    for why in explanations:
+        walk = why["nearest_normal"]
+        assert walk["changes"] and walk["path"]
+        assert walk["normal_score"] < walk["score"]
+        attributed = [f["attribution"] for f in why["features"]]
+        assert attributed == sorted(attributed, reverse=True)
+        total = sum(c["attribution"] for c in walk["changes"])
+        difference = walk["score"] - walk["normal_score"]
+        assert total == pytest.approx(difference, rel=1e-6)
 
 
 def crash_after_progress(
@@ -131,6 +149,7 @@ def test_sigkilled_consumer_loses_and_duplicates_nothing(
         proc.wait(15)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert_exactly_once(db_url, topic, expected)
+    assert_explained_with_nearest_normal(db_url, topic)
     # SIGTERM finished and committed the work: the group's offsets are past every record
     # (offsets start at 0 in each partition; the broker's end offsets are not exact on Tansu)
     assert "received SIGTERM" in log.read_text()

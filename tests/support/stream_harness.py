@@ -5,6 +5,7 @@ was dead-lettered, and cut a database connection with a TCP proxy."""
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import subprocess
@@ -45,6 +46,7 @@ def wait_until(
 _KAFKA = {"session_timeout_ms": "session_timeout_ms", "isolation_level": "isolation_level"}
 _KAFKA |= {"kafka_options": "extra"}
 _LOOP = {"max_records", "poll_timeout_s", "typed_decoding", "explained_features"}
+_LOOP |= {"nearest_normal"}
 _POLICY = {"max_message_bytes": "max_bytes", "required_fields": "required_fields"}
 _POLICY |= {"schema_versions": "schema_versions"}
 
@@ -186,6 +188,20 @@ def produce_with_librdkafka(
 
 def encode(records: Sequence[dict[str, object]]) -> list[bytes]:
     return [orjson.dumps(r) for r in records]
+
+
+def stored_explanations(db_url: str, topic: str) -> list[dict[str, Any]]:
+    """The explanation JSON of every flagged record of ``topic``."""
+    engine = create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT explanation FROM flagged_records WHERE topic = :topic"),
+                {"topic": topic},
+            )
+            return [r[0] if isinstance(r[0], dict) else json.loads(r[0]) for r in rows]
+    finally:
+        engine.dispose()
 
 
 def stored_rows(db_url: str, topic: str) -> list[dict[str, Any]]:
