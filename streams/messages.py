@@ -172,23 +172,25 @@ def decode(message: Message, policy: DecodePolicy) -> dict[str, Any] | Rejection
     return record
 
 
-def decode_all(
-    messages: Sequence[Message], policy: DecodePolicy
-) -> tuple[list[dict[str, Any]], list[Message], list[Rejection]]:
-    """Decode a micro-batch with :func:`decode`: (records, the messages they came from,
-    rejections). The consumer's fast path is the typed decoder (streams/typed.py); this is the
-    reference it is tested against, and what judges the batches it declines."""
-    records: list[dict[str, Any]] = []
-    decoded: list[Message] = []
-    rejections: list[Rejection] = []
+class Decoded(NamedTuple):
+    records: list[dict[str, Any]]
+    messages: list[Message]  # the messages the records came from, in the same order
+    rejections: list[Rejection]
+
+
+def decode_all(messages: Sequence[Message], policy: DecodePolicy) -> Decoded:
+    """Decode a micro-batch with :func:`decode`. The consumer's fast path is the typed decoder
+    (streams/typed.py); this is the reference it is tested against, and what judges the batches
+    it declines."""
+    out = Decoded([], [], [])
     for message in messages:
         result = decode(message, policy)
         if isinstance(result, Rejection):
-            rejections.append(result)
+            out.rejections.append(result)
         else:
-            records.append(result)
-            decoded.append(message)
-    return records, decoded, rejections
+            out.records.append(result)
+            out.messages.append(message)
+    return out
 
 
 def _why_not_json(message: Message, value: bytes, exc: orjson.JSONDecodeError) -> Rejection:

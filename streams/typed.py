@@ -31,7 +31,7 @@ from detector.encoding import ACCEPTED
 from detector.schema import Column, Columns, FieldKind, Schema
 
 # orjson keeps integers as int within 64 bits; msgspec refuses bounds beyond int64, so a larger
-# one takes the orjson path.
+# one takes the reference path.
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
@@ -55,7 +55,8 @@ def known_columns(schema: Schema) -> tuple[str, ...]:
 
 
 # Fields a stream's records carry beyond those of the training data (a producer that added a
-# column) are learnt, up to this many, so that they do not send every batch down the orjson path.
+# column) are learnt, up to this many, so that they do not send every batch down the reference
+# path.
 MAX_LEARNT_FIELDS = 256
 
 
@@ -90,7 +91,7 @@ class TypedDecoder:
         self._rest = itemgetter(slice(first + self._n_numeric, None))
 
     def learn(self, records: Sequence[Mapping[str, object]]) -> None:
-        """Take the fields that these records (of a batch the orjson path judged) carry beyond
+        """Take the fields that these records (of a batch the reference path judged) carry beyond
         the known ones as known from now on, up to MAX_LEARNT_FIELDS in all."""
         unseen = set().union(*records) - self._known
         room = MAX_LEARNT_FIELDS - self._learnt
@@ -104,7 +105,7 @@ class TypedDecoder:
 
     def columns(self, values: Sequence[bytes | None], max_bytes: int) -> Columns | None:
         """The batch's feature columns (numeric ones as float64 arrays, null -> nan), or None
-        when the orjson path must judge the batch."""
+        when the reference path must judge the batch."""
         if not values or not self._fields or None in values:
             return None
         payloads = cast(Sequence[bytes], values)
