@@ -127,11 +127,6 @@ class TypedDecoder:
         return columns if present.all() else None  # else a record with none of the features
 
     def _number_block(self, structs: list[Any]) -> np.ndarray:
-        """The numeric features of all records, flat: ``fromiter`` takes the floats in one
-        pass; a null (None) makes it fail, and ``np.array`` then turns nulls into nan."""
+        """The numeric features of all records, flat, in one pass (null -> nan)."""
         numbers = chain.from_iterable(map(self._numbers, map(astuple, structs)))
-        try:
-            return np.fromiter(numbers, dtype=np.float64, count=len(structs) * self._n_numeric)
-        except TypeError:
-            numbers = chain.from_iterable(map(self._numbers, map(astuple, structs)))
-            return np.array(list(numbers), dtype=np.float64)
+        return np.fromiter(numbers, dtype=np.float64, count=len(structs) * self._n_numeric)
