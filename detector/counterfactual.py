@@ -4,9 +4,11 @@ For a record the model flags, a walk in latent space: the fields chosen to chang
 (imputed as a missing value would be), the record is encoded, and its code moves from there
 towards the mode of its nearest reference cluster; at each step the code is decoded and the
 chosen fields take the decoded values (snapped to a category, a boolean, the field's step), the
-others keep the record's own. The first step at which the record scores normal (p-value at
-least the model's false-alarm rate), changing as few fields as possible (chosen greedily, the
-field whose change lowers the score most first), gives the **nearest normal record**.
+others keep the record's own. The fields are chosen greedily at the record's own code (t=0)
+among those the decoder reconstructs worst, the one whose change lowers the score most first,
+until the record scores normal (p-value at least the model's false-alarm rate); a record that
+does not tries that order's first fields at the later steps. The smallest step, then the fewest
+fields, that scores normal gives the **nearest normal record**.
 
 The **attributions** split the score difference between the record and its nearest normal
 record over the fields: integrated gradients of the density and reconstruction terms along the
