@@ -263,7 +263,7 @@ STAGES = (
     ("streams.kafka", "KafkaSource.poll", "kafka-python fetch and record unpacking (poll)"),
     ("streams.typed", "TypedDecoder.columns", "typed decoding into columns (msgspec)"),
     ("streams.scoring", "decode_all", "JSON decoding and message checks (decode_all)"),
-    ("detector.encoding", "numeric_block", "fields out of the dicts into a matrix (numeric_block)"),
+    ("detector.encoding", "records_to_columns", "fields out of the dicts (records_to_columns)"),
     ("detector.encoding", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
     ("detector.detector", "encode_columns", "standardising, clipping, imputing (encode_columns)"),
     ("detector.detector", "Detector.score_encoded", "model maths (score_encoded)"),
