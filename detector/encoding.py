@@ -12,9 +12,7 @@ import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
-from typing import cast
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,13 +23,20 @@ from detector.schema import Column, Columns, FieldKind, FieldSpec, Schema
 CLIP_SIGMAS = 50.0
 _FLOAT_MAX = sys.float_info.max
 
-_NUMBER_TYPES = frozenset({int, float, type(None)})
-_CATEGORY_TYPES = frozenset({str, int, type(None)})
-_BOOLEAN_TYPES = frozenset({bool, type(None)})
-_EXPECTED = {
-    FieldKind.NUMERIC: ("a number", _NUMBER_TYPES),
-    FieldKind.CATEGORICAL: ("a string", _CATEGORY_TYPES),
-    FieldKind.BOOLEAN: ("a boolean", _BOOLEAN_TYPES),
+
+class Accepted(NamedTuple):
+    """The values a field of one kind accepts: the (exact) Python types of decoded JSON, null
+    included, and how a reason names them. The typed stream decoder derives its types from
+    these (streams/typed.py)."""
+
+    label: str
+    types: frozenset[type]
+
+
+ACCEPTED = {
+    FieldKind.NUMERIC: Accepted("a number", frozenset({int, float, type(None)})),
+    FieldKind.CATEGORICAL: Accepted("a string", frozenset({str, int, type(None)})),
+    FieldKind.BOOLEAN: Accepted("a boolean", frozenset({bool, type(None)})),
 }
 _JSON_TYPE_NAMES = {
     bool: "boolean",
@@ -69,7 +74,7 @@ def _check_types(
     spec: FieldSpec, values: Sequence[object], reasons: list[str | None]
 ) -> list[object]:
     """Values of the right type, with wrong ones replaced by None and reported in ``reasons``."""
-    label, allowed = _EXPECTED[spec.kind]
+    label, allowed = ACCEPTED[spec.kind]
     kinds = set(map(type, values))
     numeric_ints = spec.kind is FieldKind.NUMERIC and int in kinds
     if kinds <= allowed and not (numeric_ints and any(map(_out_of_range, values))):
@@ -86,12 +91,12 @@ def _check_types(
     return clean
 
 
-def _encode_numeric(spec: FieldSpec, values: Column, out: np.ndarray) -> np.ndarray:
-    raw = np.asarray(values, dtype=np.float64)  # None -> nan
-    missing = ~np.isfinite(raw)
-    z = np.clip((raw - spec.center) / spec.scale, -CLIP_SIGMAS, CLIP_SIGMAS)
-    out[:, 0] = np.where(missing, 0.0, z)  # impute the median
-    return missing
+def _numbers(spec: FieldSpec, values: Column, reasons: list[str | None]) -> np.ndarray:
+    """A numeric field's values as float64 (null -> nan); a numeric array needs no check."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        return values.astype(np.float64, copy=False)
+    listed = values.tolist() if isinstance(values, np.ndarray) else values
+    return np.asarray(_check_types(spec, listed, reasons), dtype=np.float64)
 
 
 def _encode_boolean(spec: FieldSpec, values: Column, out: np.ndarray) -> np.ndarray:
@@ -116,11 +121,7 @@ def _encode_categorical(spec: FieldSpec, values: Column, out: np.ndarray) -> np.
     return missing
 
 
-_ENCODERS = {
-    FieldKind.NUMERIC: _encode_numeric,
-    FieldKind.BOOLEAN: _encode_boolean,
-    FieldKind.CATEGORICAL: _encode_categorical,
-}
+_ENCODERS = {FieldKind.BOOLEAN: _encode_boolean, FieldKind.CATEGORICAL: _encode_categorical}
 
 
 def encode_columns(
@@ -131,28 +132,35 @@ def encode_columns(
 ) -> EncodedBatch:
     """Encode columnar data. Absent columns count as missing; extra columns are ignored.
 
-    ``reasons`` may carry reasons found earlier (e.g. a row that was not an object).
+    ``reasons`` may carry reasons found earlier (e.g. a row that was not an object). The
+    numeric fields are standardised together, as one matrix: a few array operations for the
+    batch rather than a few per field.
     """
-    if reasons is None and schema.numeric_scaling is not None:
-        block = _numeric_matrix(schema.names, columns, n_rows)
-        if block is not None:
-            return _encode_numeric_matrix(schema.numeric_scaling, block)
     reasons = list(reasons) if reasons is not None else [None] * n_rows
     matrix = np.zeros((n_rows, schema.width), dtype=np.float32)
     missing = np.zeros((n_rows, len(schema.fields)), dtype=bool)
     absent: list[object] = [None] * n_rows
+    numeric: list[int] = []  # indices of the numeric fields
+    raw: list[np.ndarray] = []  # their values
     for j, (spec, cols) in enumerate(zip(schema.fields, schema.slices, strict=True)):
         values = columns.get(spec.name, absent)
-        clean: Column
-        if isinstance(values, np.ndarray):
-            numeric = values.dtype.kind in "fiu" and spec.kind is FieldKind.NUMERIC
-            # a numeric array needs no per-value check; anything else is checked as a list
-            clean = values if numeric else _check_types(spec, values.tolist(), reasons)
-        else:
-            clean = _check_types(spec, values, reasons)
+        if spec.kind is FieldKind.NUMERIC:
+            numeric.append(j)
+            raw.append(_numbers(spec, values, reasons))
+            continue
+        listed = values.tolist() if isinstance(values, np.ndarray) else values
         block = np.zeros((n_rows, spec.width), dtype=np.float64)
-        missing[:, j] = _ENCODERS[spec.kind](spec, clean, block)
+        missing[:, j] = _ENCODERS[spec.kind](spec, _check_types(spec, listed, reasons), block)
         matrix[:, cols] = block
+    if numeric:
+        specs = [schema.fields[j] for j in numeric]
+        centers = np.array([s.center for s in specs], dtype=np.float64)
+        scales = np.array([s.scale for s in specs], dtype=np.float64)
+        stacked = np.column_stack(raw)
+        not_finite = ~np.isfinite(stacked)
+        z = np.clip((stacked - centers) / scales, -CLIP_SIGMAS, CLIP_SIGMAS)
+        matrix[:, [schema.slices[j].start for j in numeric]] = np.where(not_finite, 0.0, z)
+        missing[:, numeric] = not_finite  # imputed with the median (0)
     if reasons.count(None) == n_rows:  # the usual batch: one C call instead of n checks
         valid = np.ones(n_rows, dtype=bool)
     else:
@@ -161,85 +169,21 @@ def encode_columns(
     return EncodedBatch(matrix=matrix, missing=missing, valid=valid, reasons=tuple(reasons))
 
 
-def _numeric_matrix(names: Sequence[str], columns: Columns, n_rows: int) -> np.ndarray | None:
-    """The columns side by side when each is a numeric array of n_rows values (as the typed
-    stream decoder and Parquet give them), else None: lists need their values checked."""
-    arrays = [columns.get(name) for name in names]
-    for a in arrays:
-        if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu" or a.shape != (n_rows,):
-            return None
-    return np.column_stack(cast(list[np.ndarray], arrays)).astype(np.float64, copy=False)
-
-
-def _encode_numeric_matrix(scaling: tuple[np.ndarray, np.ndarray], raw: np.ndarray) -> EncodedBatch:
-    """:func:`_encode_numeric` for every field at once, in a few array operations instead of a
-    loop over the fields; the same values."""
-    centers, scales = scaling
-    missing = ~np.isfinite(raw)
-    z = np.clip((raw - centers) / scales, -CLIP_SIGMAS, CLIP_SIGMAS)
-    matrix = np.where(missing, 0.0, z).astype(np.float32)
-    n_rows = len(raw)
-    return EncodedBatch(
-        matrix=matrix,
-        missing=missing,
-        valid=np.ones(n_rows, dtype=bool),
-        reasons=(None,) * n_rows,
-    )
-
-
-def numeric_block(names: Sequence[str], records: Sequence[object]) -> np.ndarray | None:
-    """The named fields of every record as one float64 matrix (null -> nan), or None when this
-    fast path does not apply: a record that is not a dict, lacks one of the fields, or holds a
-    value that is not a plain number. The general path then finds out which record and why.
-
-    One C-level lookup per record touches each record once, where one pass over the batch per
-    field would touch every record once per field."""
-    if not names or set(map(type, records)) != {dict}:
-        return None
-    dicts = cast(Sequence[dict[str, object]], records)
-    try:
-        rows = list(map(itemgetter(*names), dicts))
-    except KeyError:
-        return None
-    flat = list(chain.from_iterable(rows)) if len(names) > 1 else rows
-    kinds = set(map(type, flat))
-    if not kinds <= _NUMBER_TYPES:
-        return None
-    try:
-        if type(None) in kinds:  # np.array turns None into nan; fromiter is faster without
-            block = np.array(flat, dtype=np.float64)
-        else:
-            block = np.fromiter(flat, dtype=np.float64, count=len(flat))
-    except OverflowError:  # an integer beyond float64
-        return None
-    return block.reshape(len(records), len(names))
-
-
 def records_to_columns(
     schema: Schema, records: Sequence[object]
 ) -> tuple[dict[str, Column], list[str | None]]:
     """Transpose records (mappings) to the schema's columns; a record that is not a mapping gets
-    a reason and empty values. Numeric fields take :func:`numeric_block` when they can."""
+    a reason and empty values."""
     reasons: list[str | None] = [None] * len(records)
-    numeric = schema.numeric_names
-    block = numeric_block(numeric, records)
-    if block is not None:
-        columns: dict[str, Column] = {name: block[:, j] for j, name in enumerate(numeric)}
-        rows = cast(list[Mapping[str, object]], records)  # all dicts: numeric_block checked
-    else:
-        columns = {}
-        rows = []
-        empty: Mapping[str, object] = {}
-        for i, rec in enumerate(records):
-            if isinstance(rec, Mapping):
-                rows.append(rec)
-            else:
-                rows.append(empty)
-                reasons[i] = f"record must be an object, got {_type_name(rec)}"
-    for name in schema.names:
-        if name not in columns:
-            columns[name] = [r.get(name) for r in rows]
-    return columns, reasons
+    rows: list[Mapping[str, object]] = []
+    empty: Mapping[str, object] = {}
+    for i, rec in enumerate(records):
+        if isinstance(rec, Mapping):
+            rows.append(rec)
+        else:
+            rows.append(empty)
+            reasons[i] = f"record must be an object, got {_type_name(rec)}"
+    return {name: [r.get(name) for r in rows] for name in schema.names}, reasons
 
 
 def encode_records(schema: Schema, records: Sequence[object]) -> EncodedBatch:

@@ -116,15 +116,6 @@ class Schema:
         return tuple(out)
 
     @cached_property
-    def numeric_scaling(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """Centres and scales of the fields, as arrays, when every field is numeric (else
-        None): what the encoder's one-pass path over a whole numeric matrix needs."""
-        if not self.fields or any(f.kind is not FieldKind.NUMERIC for f in self.fields):
-            return None
-        centers = np.array([f.center for f in self.fields], dtype=np.float64)
-        return centers, np.array([f.scale for f in self.fields], dtype=np.float64)
-
-    @cached_property
     def categorical_slices(self) -> tuple[slice, ...]:
         """The encoded columns of each categorical field (their one-hot blocks)."""
         return tuple(

@@ -38,6 +38,7 @@ from storage.models import (
     FeedbackRow,
     FlaggedRecordRow,
 )
+from storage.records import Flag
 
 TimeField = Literal["scored", "event"]
 SortKey = Literal["time", "score"]
@@ -100,32 +101,12 @@ class Feedback:
 
 
 @dataclass(frozen=True)
-class FlaggedSummary:
+class FlaggedSummary(Flag):
     """A stored flagged record without the original record; ``label`` is its current verdict
-    (newest feedback), if any. Scores: higher = more anomalous, in nats."""
+    (newest feedback), if any."""
 
     id: int
-    topic: str
-    partition: int
-    offset: int
-    kafka_timestamp: int
-    key: bytes | None  # exact
-    key_text: str | None  # readable: UTF-8 text, else hex
-    record_id: str | None
-    event_time: datetime | None
-    scored_time: datetime
-    model_version: str
-    score: float
-    severity: float
-    p_value: float
-    density: float
-    density_p_value: float
-    reconstruction: float
-    reconstruction_p_value: float
-    cluster: int
-    cluster_distance: float
-    top_feature: str | None
-    explanation: Mapping[str, Any]
+    key_text: str | None  # the key, readable: UTF-8 text, else hex
     label: str | None
 
 

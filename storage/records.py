@@ -52,9 +52,9 @@ class UnstorableRecordError(LatentwatchError, ValueError):
 
 
 @dataclass(frozen=True)
-class FlaggedRecord:
-    """One record the detector flagged. (topic, partition, offset, kafka_timestamp) identifies
-    it: writing the same record twice (a Kafka redelivery) stores it once. Scores follow the
+class Flag:
+    """What the detector said of one record it flagged: which Kafka message, which model, the
+    scores and why; what a stored flag and the record handed to storage share. Scores follow the
     project convention: higher = more anomalous; ``score``, ``density`` and ``reconstruction``
     are in nats."""
 
@@ -84,6 +84,14 @@ class FlaggedRecord:
     # {"features": [{"name", "actual", "expected", "contribution"}...], "latent": [...],
     #  "latent_2d": [x, y]}
     explanation: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class FlaggedRecord(Flag):
+    """One record the detector flagged, as the consumer hands it to storage. (topic, partition,
+    offset, kafka_timestamp) identifies it: writing the same record twice (a Kafka redelivery)
+    stores it once."""
+
     record: Mapping[str, Any]  # the original record as JSON
 
     @property

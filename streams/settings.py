@@ -42,7 +42,7 @@ class LoopSettings:
     policy: DecodePolicy = field(default_factory=DecodePolicy)
     explained_features: int = EXPLAINED_FEATURES  # per flagged record; 0: every field
     nearest_normal: bool = True  # each flagged record's nearest normal record (counterfactual)
-    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: orjson only
+    typed_decoding: bool = True  # the msgspec fast path (streams/typed.py); False: the reference
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from detector.encoding import (
     decode_field,
     encode_columns,
     encode_records,
-    numeric_block,
 )
 from detector.errors import DataError
 from detector.schema import FieldKind, Schema, SchemaOptions, infer_schema
@@ -131,31 +130,20 @@ def _clean_records(n: int) -> list[dict[str, object]]:
     ]
 
 
-def _general_path(
-    schema: Schema, records: list[object]
-) -> tuple[np.ndarray, tuple[str | None, ...]]:
-    """Encode through columns built one field at a time: the path without the fast block."""
-    columns = {
-        name: [r.get(name) if isinstance(r, dict) else None for r in records]
-        for name in schema.names
-    }
-    reasons = [
-        None if isinstance(r, dict) else "record must be an object, got string" for r in records
-    ]
-    batch = encode_columns(schema, columns, len(records), reasons)
-    return batch.matrix, batch.reasons
-
-
-def test_fast_numeric_block_encodes_like_the_general_path() -> None:
+def test_records_encode_like_the_numeric_columns_the_typed_decoder_gives() -> None:
     records: list[object] = list(_clean_records(50))
     schema = _schema(**{n: [r[n] for r in records] for n in ("x", "y", "c", "z")})  # type: ignore[index]
-    block = numeric_block(schema.numeric_names, records)
-    assert block is not None and block.shape == (50, 3)
-    assert np.isnan(block[0, schema.numeric_names.index("z")])
+    assert schema.numeric_names == ("x", "y", "z")
+    numeric = {
+        n: np.array([r[n] for r in records], dtype=np.float64)  # type: ignore[index]
+        for n in schema.numeric_names
+    }
+    columns = encode_columns(schema, {**numeric, "c": [r["c"] for r in records]}, 50)  # type: ignore[index]
     batch = encode_records(schema, records)
-    matrix, reasons = _general_path(schema, records)
-    assert np.array_equal(batch.matrix, matrix)
-    assert batch.reasons == reasons
+    assert np.array_equal(batch.matrix, columns.matrix)
+    assert np.array_equal(batch.missing, columns.missing)
+    assert batch.reasons == columns.reasons
+    assert batch.missing[0, schema.names.index("z")]
 
 
 @pytest.mark.parametrize(
@@ -168,15 +156,16 @@ def test_fast_numeric_block_encodes_like_the_general_path() -> None:
         "not a record",
     ],
 )
-def test_a_record_the_fast_block_cannot_take_falls_back_with_the_same_reasons(bad: object) -> None:
+def test_an_unusual_record_leaves_the_others_encoded_as_without_it(bad: object) -> None:
     records: list[object] = list(_clean_records(20))
     schema = _schema(**{n: [r[n] for r in records] for n in ("x", "y", "c", "z")})  # type: ignore[index]
+    clean = encode_records(schema, records)
     records[7] = bad
-    assert numeric_block(schema.numeric_names, records) is None
     batch = encode_records(schema, records)
-    matrix, reasons = _general_path(schema, records)
-    assert np.array_equal(batch.matrix, matrix)
-    assert batch.reasons == reasons
+    others = np.arange(20) != 7
+    assert np.array_equal(batch.matrix[others], clean.matrix[others])
+    assert np.array_equal(batch.missing[others], clean.missing[others])
+    assert batch.reasons[:7] + batch.reasons[8:] == (None,) * 19
     assert batch.valid.sum() >= 19
 
 
@@ -206,9 +195,9 @@ def test_numpy_columns_and_lists_encode_identically() -> None:
 
 
 def test_an_all_numeric_matrix_encodes_like_the_per_field_path() -> None:
-    """Numeric arrays for every field take one vectorised pass; lists take the per-field loop.
-    Both must give the same matrix and missing flags: nan, infinities, clipped extremes, an
-    integer column, an absent column."""
+    """Numeric arrays need no per-value check; lists are checked value by value. Both must give
+    the same matrix and missing flags: nan, infinities, clipped extremes, an integer column, an
+    absent column."""
     rng = np.random.default_rng(3)
     schema = _schema(
         x=rng.normal(10, 2, 40).tolist(), y=rng.normal(0, 1, 40).tolist(), k=list(range(40))
@@ -224,7 +213,7 @@ def test_an_all_numeric_matrix_encodes_like_the_per_field_path() -> None:
     assert fast.reasons == general.reasons and fast.valid.all()
     assert fast.missing[:, 0].tolist() == [False, True, True, True, False, False, False, False]
     assert np.abs(fast.matrix).max() == pytest.approx(CLIP_SIGMAS)
-    absent = encode_columns(schema, {"x": x, "y": y}, 8)  # k absent: the per-field path
+    absent = encode_columns(schema, {"x": x, "y": y}, 8)  # k absent: missing
     assert absent.missing[:, 2].all()
 
 

@@ -9,6 +9,7 @@ import random
 from dataclasses import fields
 from datetime import UTC, datetime
 
+import msgspec
 import numpy as np
 import orjson
 import pytest
@@ -16,11 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.detector import Detector, DetectorConfig
-from detector.schema import SchemaOptions
+from detector.encoding import ACCEPTED
+from detector.schema import FieldKind, SchemaOptions
 from detector.training import TrainingConfig
 from streams.messages import DecodePolicy, PlainMessage
 from streams.scoring import TopicBatch, score_messages
-from streams.typed import MAX_LEARNT_FIELDS, TypedDecoder, known_columns
+from streams.typed import MAX_LEARNT_FIELDS, TypedDecoder, known_columns, struct_type
 
 COLUMNS = ("amount", "qty", "express", "country", "order_id", "ts", "label", "note")
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -101,6 +103,26 @@ def test_the_schema_knows_the_columns_that_are_not_features(detector: Detector) 
     features = set(detector.schema.names)
     assert features in ({"amount", "qty", "express", "country"}, {"amount", "qty"})
     assert set(known_columns(detector.schema)) == set(COLUMNS) - features
+
+
+@pytest.mark.parametrize("kind", list(FieldKind))
+def test_the_struct_types_take_what_the_encoder_accepts(kind: FieldKind) -> None:
+    """Derived from detector.encoding.ACCEPTED: the same JSON values pass, but for integers
+    beyond int64 where no float is accepted, which msgspec leaves to the reference path."""
+    decode = msgspec.json.Decoder(struct_type(kind)).decode
+    for raw in (b"1", b"-0", b"1.5", b"1e300", b'"a"', b"true", b"null", b"[1]", b"{}"):
+        value = orjson.loads(raw)
+        try:
+            decoded = decode(raw)
+        except msgspec.ValidationError:
+            assert type(value) not in ACCEPTED[kind].types, raw
+        else:
+            assert type(value) in ACCEPTED[kind].types, raw
+            assert decoded == value
+    if float not in ACCEPTED[kind].types and int in ACCEPTED[kind].types:
+        decode(b"9223372036854775807")
+        with pytest.raises(msgspec.ValidationError):  # beyond int64
+            decode(b"9223372036854775808")
 
 
 def ordinary(n: int) -> list[bytes | None]:
