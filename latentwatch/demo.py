@@ -201,14 +201,19 @@ def send(
     messages: list[dict[str, Any]] | list[dict[str, Any] | bytes],
     rate: float,
     consumer: BackgroundConsumer,
+    *,
+    key_field: str | None = None,
 ) -> float:
-    """Replay the messages and wait until the consumer has consumed them too (at most a
-    minute); the wall time taken."""
+    """Replay the messages (keyed by ``key_field``, if given: each key's partition is then
+    fixed) and wait until the consumer has consumed them too (at most a minute); the wall time
+    taken."""
     started = time.monotonic()
     expected = consumer.consumed + len(messages)
     stop = threading.Event()
     records = itertools.takewhile(lambda _: not stop.is_set(), messages)
-    off_main_thread(lambda: replay_to(bootstrap, records, topic, rate=rate), stop)
+    off_main_thread(
+        lambda: replay_to(bootstrap, records, topic, rate=rate, key_field=key_field), stop
+    )
     deadline = time.monotonic() + 60
     while consumer.consumed < expected and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -276,7 +276,8 @@ def run_loop(  # noqa: PLR0915  (the scenario, in its order, in one place)
     def phase(name: str, scanner: str, factors: np.ndarray, live: str) -> None:
         records = population.phase(name, options.phase_records, options.anomaly_share, factors)
         console.print(f"{name}: {len(records):,} records, sizes {scanner}, live model {live}")
-        send(bootstrap, topic, records, options.rate, consumer)
+        # keyed: the topic's order, so the model trained from it, is the same in every run
+        send(bootstrap, topic, records, options.rate, consumer, key_field="id")
         drift = (
             consumer.metric("latentwatch_drift_mean_surprise"),
             consumer.metric("latentwatch_drift_psi"),
