@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck unit coverage system-deps bench dashboards clean
+.PHONY: demo demo-drift test lint typecheck unit coverage system-deps bench dashboards clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ system-deps:
 
 demo: $(STAMP)
 	$(BIN)/latentwatch demo
+
+# the model lifecycle's loop: drift -> retrain from the topic -> shadow -> compare -> promote
+demo-drift: $(STAMP)
+	$(BIN)/latentwatch demo --scenario drift
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

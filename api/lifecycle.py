@@ -1,4 +1,5 @@
-"""The model lifecycle over HTTP: the live model against its shadow over a time window."""
+"""The model lifecycle over HTTP: the live model against its shadow over a time window, and
+the topics that have one."""
 
 # No `from __future__ import annotations`: FastAPI must evaluate the parameter annotations.
 
@@ -9,11 +10,22 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from api.dependencies import SessionDep, invalid
 from api.params import NO_NUL, TimeQuery, _utc
-from api.schemas import ComparisonOut, ErrorOut, ModelSideOut
+from api.schemas import ComparisonOut, ErrorOut, ModelSideOut, ShadowTopicsOut
 from api.settings import ApiSettings
 from lifecycle.compare import compare_window
+from storage.comparison import shadow_topics
 
 DEFAULT_WINDOW = timedelta(hours=24)
+MAX_TOPICS = 100
+
+
+def _window(start: str | None, end: str | None) -> tuple[datetime, datetime]:
+    """The window asked for: by default the last 24 h before ``end`` (default: now)."""
+    until = _utc("end", end) or datetime.now(UTC)
+    since = _utc("start", start) or until - DEFAULT_WINDOW
+    if since >= until:
+        raise invalid("query", "start", "start must be before end", start)
+    return since, until
 
 
 def lifecycle_router(settings: ApiSettings) -> APIRouter:
@@ -40,10 +52,7 @@ def lifecycle_router(settings: ApiSettings) -> APIRouter:
             ),
         ] = None,
     ) -> ComparisonOut:
-        until = _utc("end", end) or datetime.now(UTC)
-        since = _utc("start", start) or until - DEFAULT_WINDOW
-        if since >= until:
-            raise invalid("query", "start", "start must be before end", start)
+        since, until = _window(start, end)
         result = compare_window(session, topic, (since, until), version)
         if result is None:
             raise HTTPException(
@@ -64,5 +73,17 @@ def lifecycle_router(settings: ApiSettings) -> APIRouter:
             rank_correlation=result.rank_correlation,
             unlabelled_shadow_only=result.unlabelled_shadow_only,
         )
+
+    @router.get(
+        "/models/compare/topics",
+        response_model=ShadowTopicsOut,
+        summary="The topics with shadow scores in a time window (what can be compared)",
+    )
+    def compared_topics(
+        session: SessionDep, start: TimeQuery = None, end: TimeQuery = None
+    ) -> ShadowTopicsOut:
+        since, until = _window(start, end)
+        topics = shadow_topics(session, (since, until), MAX_TOPICS)
+        return ShadowTopicsOut(start=since, end=until, topics=topics)
 
     return router

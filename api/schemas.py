@@ -309,3 +309,9 @@ class ComparisonOut(_Out):
         description="Records only the shadow model flags: nobody labelled them (users label "
         "live flags), so the shadow precision leaves them out."
     )
+
+
+class ShadowTopicsOut(_Out):
+    start: datetime
+    end: datetime
+    topics: list[str] = Field(description="Topics with shadow scores in the window, by name.")

@@ -103,7 +103,13 @@ class RRecipe:
 
 
 def _yes_no_to_bool(columns: dict[str, list[Value]]) -> dict[str, list[Value]]:
-    return {k: [None if v is None else v == "y" for v in vs] for k, vs in columns.items()}
+    """y/n columns become booleans; the others (the class label) stay as they are."""
+    return {
+        k: [None if v is None else v == "y" for v in vs]
+        if {v for v in vs if v is not None} <= {"y", "n"}
+        else vs
+        for k, vs in columns.items()
+    }
 
 
 def _collapse_dummies(

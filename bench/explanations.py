@@ -261,6 +261,10 @@ def main() -> None:
     parser.add_argument("--path-steps", type=int, default=CounterfactualConfig.path_steps)
     parser.add_argument("--max-changes", type=int, default=CounterfactualConfig.max_changes)
     parser.add_argument(
+        "--candidate-fields", type=int, default=CounterfactualConfig.candidate_fields
+    )
+    parser.add_argument("--segments", type=int, default=CounterfactualConfig.attribution_segments)
+    parser.add_argument(
         "--every",
         type=float,
         metavar="P",
@@ -269,7 +273,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = CounterfactualConfig(
-        path_steps=args.path_steps, max_changes=args.max_changes, target_p_value=args.every
+        path_steps=args.path_steps,
+        max_changes=args.max_changes,
+        candidate_fields=args.candidate_fields,
+        attribution_segments=args.segments,
+        target_p_value=args.every,
     )
     halves = {"dev": DEV, "held-out": HELD_OUT}
     chosen = [args.half] if args.half != "all" else ["dev", "held-out"]

@@ -64,18 +64,21 @@ PARTITIONS = 4
 MAX_RECORDS = 2000
 
 
-def records(n: int, seed: int = 0) -> tuple[dict[str, list[object]], list[bytes]]:
-    """Training columns (half the benign rows) and n encoded stream records."""
+def records(
+    n: int, seed: int = 0, malignant: float = 0.05
+) -> tuple[dict[str, list[object]], list[bytes]]:
+    """Training columns (half the benign rows) and n encoded stream records, a share
+    ``malignant`` of them malignant."""
     data = load_breast_cancer()
     names = [f.replace(" ", "_") for f in data.feature_names]
     benign = np.flatnonzero(data.target == 1)
-    malignant = np.flatnonzero(data.target == 0)
+    malignant_rows = np.flatnonzero(data.target == 0)
     train = benign[: len(benign) // 2]
     rng = random.Random(seed)
     pool = list(benign[len(benign) // 2 :])
     values = []
     for i in range(n):
-        row = rng.choice(malignant) if rng.random() < 0.05 else rng.choice(pool)
+        row = rng.choice(malignant_rows) if rng.random() < malignant else rng.choice(pool)
         rec = {"id": f"r{i}", **dict(zip(names, map(float, data.data[row]), strict=True))}
         values.append(orjson.dumps(rec))
     columns: dict[str, list[object]] = {

@@ -4,9 +4,11 @@ For a record the model flags, a walk in latent space: the fields chosen to chang
 (imputed as a missing value would be), the record is encoded, and its code moves from there
 towards the mode of its nearest reference cluster; at each step the code is decoded and the
 chosen fields take the decoded values (snapped to a category, a boolean, the field's step), the
-others keep the record's own. The first step at which the record scores normal (p-value at
-least the model's false-alarm rate), changing as few fields as possible (chosen greedily, the
-field whose change lowers the score most first), gives the **nearest normal record**.
+others keep the record's own. The fields are chosen greedily at the record's own code (t=0)
+among those the decoder reconstructs worst, the one whose change lowers the score most first,
+until the record scores normal (p-value at least the model's false-alarm rate); a record that
+does not tries that order's first fields at the later steps. The smallest step, then the fewest
+fields, that scores normal gives the **nearest normal record**.
 
 The **attributions** split the score difference between the record and its nearest normal
 record over the fields: integrated gradients of the density and reconstruction terms along the
@@ -19,18 +21,22 @@ of the two scores by construction, and a field that does not change gets none.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
 
 from detector.calibration import p_values, threshold_for
-from detector.detector import Detector, LatentMap, _forward
+from detector.detector import Detector, LatentMap
 from detector.encoding import decode_field, encode_records, plain_value
 from detector.schema import FieldKind, Schema
 from detector.scoring import SCORE_RULE, field_contributions
+from detector.vae import VAE
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,10 @@ class CounterfactualConfig:
 
     path_steps: int = 6  # points on the latent path, the record's code (t=0) to the mode (t=1)
     max_changes: int = 4  # fields changed at most before the walk gives up
-    attribution_segments: int = 16  # straight-line segments of the integrated gradients
-    # After the first round (every field tried alone at t=0), only the fields whose change
-    # alone lowered the score most are tried: the walk's cost no longer grows with the width.
-    candidate_fields: int = 8
+    attribution_segments: int = 2  # straight-line segments of the integrated gradients
+    # Only the fields the decoder reconstructs worst (the record's largest per-field
+    # reconstruction terms) are candidates: the walk's cost does not grow with the width.
+    candidate_fields: int = 12
     # The p-value the nearest normal record must reach; None: the model's false-alarm rate (a
     # record the model would not flag). Higher asks "what would a typical record look like".
     target_p_value: float | None = None
@@ -61,7 +67,8 @@ class FieldChange:
 class Counterfactual:
     """A record's nearest normal record, the walk that found it and the attributions."""
 
-    normal: dict[str, object]  # every field, in the record's own units and categories
+    fields: tuple[str, ...]  # the model's fields
+    own: Mapping[str, object]  # the record's values by field name (it may hold more keys)
     changes: tuple[FieldChange, ...]  # the changed fields, largest attribution first
     attributions: np.ndarray  # [n_fields] nats; sums to score - normal_score
     density_attributions: np.ndarray  # [n_fields]; sums to density - normal_density
@@ -74,6 +81,14 @@ class Counterfactual:
     path_t: tuple[float, ...]  # the walk's steps, up to the one taken
     path_p_value: tuple[float, ...]  # p-value of the record at each step
     path_latent: np.ndarray  # [steps + 1, latent_dim]: the record's code, then each step's
+
+    @property
+    def normal(self) -> dict[str, object]:
+        """Every field of the nearest normal record, in the record's own units and categories
+        (built when asked: the consumer stores the changes alone)."""
+        out = {name: plain_value(self.own.get(name)) for name in self.fields}
+        out.update((c.name, c.normal) for c in self.changes)
+        return out
 
     def ranking(self, fallback: np.ndarray) -> np.ndarray:
         """Field indices by attribution, largest first; fields without one by ``fallback``."""
@@ -120,14 +135,75 @@ def _column_mask(schema: Schema, fields: np.ndarray) -> np.ndarray:
     return np.repeat(fields, widths, axis=1)
 
 
-def _score_rows(det: Detector, rows: np.ndarray, missing: np.ndarray) -> np.ndarray:
-    """Scores (density + reconstruction) of encoded rows, as Detector.score_encoded does."""
-    latent, recon = _forward(det.vae, rows)
+class _Net:
+    """The VAE's encoder (to the posterior mean) and decoder as lists of layers run by hand:
+    the same operations as the modules (the same bits), without their per-call overhead, which
+    dominates the walk's many small passes. A layer other than Linear or ReLU runs as its
+    module."""
+
+    def __init__(self, vae: VAE) -> None:
+        self.encoder = (*vae.encoder, vae.to_mean)
+        self.decoder = tuple(vae.decoder)
+        self.steps = {
+            id(layer): (layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer
+            for layer in (*self.encoder, *self.decoder)
+        }
+
+    def _run(self, layers: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            step = self.steps[id(layer)]
+            if isinstance(step, tuple):
+                x = F.linear(x, step[0], step[1])
+            elif isinstance(step, nn.ReLU):
+                x = torch.relu(x)
+            else:
+                x = step(x)
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.encoder, x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._run(self.decoder, z)
+
+
+_NETS: weakref.WeakKeyDictionary[VAE, _Net] = weakref.WeakKeyDictionary()
+
+
+def _net(vae: VAE) -> _Net:
+    net = _NETS.get(vae)
+    if net is None:
+        net = _NETS[vae] = _Net(vae)
+    return net
+
+
+def _forward_fast(vae: VAE, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """detector._forward (posterior means and their reconstructions), through :class:`_Net`."""
+    net = _net(vae)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        mean = net.encode(x)
+        recon = net.decode(mean)
+    return mean.numpy().astype(np.float64), recon.numpy()
+
+
+def _assess(
+    det: Detector, rows: np.ndarray, missing: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Latent codes [n, latent_dim], (density, reconstruction) terms [n, 2] and per-field
+    reconstruction terms [n, n_fields] of encoded rows, as Detector.score_encoded computes
+    them, in one forward pass."""
+    latent, recon = _forward_fast(det.vae, rows)
     density, _, _ = det.mixture.assess(latent)
     contrib = field_contributions(
         det.schema, rows, recon, det.variances, missing, rule=det.score_rule
     )
-    return density + contrib.sum(axis=1)
+    return latent, np.stack([density, contrib.sum(axis=1)], axis=1), contrib
+
+
+def _score_rows(det: Detector, rows: np.ndarray, missing: np.ndarray) -> np.ndarray:
+    """Scores (density + reconstruction) of encoded rows."""
+    return _assess(det, rows, missing)[1].sum(axis=1)
 
 
 def _walk_points(
@@ -138,24 +214,15 @@ def _walk_points(
     values. Returns the candidate rows [m, width] and their latent points [m, latent_dim]."""
     cols = _column_mask(det.schema, masks)
     masked = np.where(cols, imputed(det.schema), rows)
+    net = _net(det.vae)
     with torch.inference_mode():
-        z0 = det.vae.encode_mean(torch.from_numpy(masked.astype(np.float32))).double()
-        z = z0 + torch.from_numpy(np.asarray(t, dtype=np.float64)[:, None]) * (
-            torch.from_numpy(modes) - z0
-        )
-        decoded = det.vae.decode(z.float()).double().numpy()
-    return np.where(cols, snap(det.schema, decoded), rows), z.numpy()
+        z0 = net.encode(torch.from_numpy(masked.astype(np.float32))).numpy().astype(np.float64)
+        z = z0 + np.asarray(t, dtype=np.float64)[:, None] * (modes - z0)
+        decoded = net.decode(torch.from_numpy(z.astype(np.float32))).numpy().astype(np.float64)
+    return np.where(cols, snap(det.schema, decoded), rows), z
 
 
 # --- the walk -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Found:
-    chosen: np.ndarray  # [n, n_fields] the fields changed
-    t: np.ndarray  # [n] the step taken
-    reached: np.ndarray  # [n] whether it scored normal
-    modes: np.ndarray  # [n, latent_dim] the walks' targets
 
 
 def _threshold(det: Detector, config: CounterfactualConfig) -> float:
@@ -165,62 +232,175 @@ def _threshold(det: Detector, config: CounterfactualConfig) -> float:
     return min(threshold_for(det.calibrations.score, target), det.calibrations.threshold)
 
 
+def _best_per_row(owner: np.ndarray, *keys: np.ndarray) -> np.ndarray:
+    """Index of each row's first candidate by ``keys`` (the last key sorts first), rows in
+    order; ``owner`` [m] names each candidate's row."""
+    by_row = np.lexsort((*keys, owner))
+    return by_row[np.r_[0, np.flatnonzero(np.diff(owner[by_row])) + 1]]
+
+
+@dataclass
+class _Walk:
+    """The search's state, per row."""
+
+    chosen: np.ndarray  # [n, n_fields] the fields of the best point so far
+    t: np.ndarray  # [n] its step
+    reached: np.ndarray  # [n] whether it scores normal
+    best: np.ndarray  # [n] its score
+    order: np.ndarray  # [n, max_changes] the greedy order of fields at t=0
+    taken: np.ndarray  # [n] how many fields the greedy rounds chose
+    point: np.ndarray  # [n, width] the best point so far (snapped, encoded)
+    latent: np.ndarray  # [n, latent_dim] its place on the path
+    terms: np.ndarray  # [n, 2] its density and reconstruction
+
+    def keep(
+        self,
+        target: np.ndarray,
+        which: np.ndarray,
+        masks: np.ndarray,
+        scores: np.ndarray,
+        candidates: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Rows ``target`` take candidates ``which`` as their best point so far."""
+        self.chosen[target] = masks[which]
+        self.best[target] = scores[which]
+        for mine, theirs in zip((self.point, self.latent, self.terms), candidates, strict=True):
+            mine[target] = theirs[which]
+
+
+def _greedy(
+    det: Detector,
+    *,
+    rows: np.ndarray,
+    missing: np.ndarray,
+    modes: np.ndarray,
+    walk: _Walk,
+    config: CounterfactualConfig,
+    threshold: float,
+    contributions: np.ndarray,
+) -> None:
+    """At the record's own code (t=0), fields chosen greedily among the ``candidate_fields``
+    with the largest reconstruction terms (``contributions`` [n, n_fields]): the one whose
+    change lowers the score most, then one more at a time; one forward pass a round for the
+    candidates of all rows still not normal."""
+    n_fields = missing.shape[1]
+    allowed = np.ones_like(walk.chosen)
+    if n_fields > config.candidate_fields:
+        pool = np.argsort(-contributions, axis=1, kind="stable")[:, : config.candidate_fields]
+        allowed[:] = False
+        allowed[np.arange(len(allowed))[:, None], pool] = True
+    active = np.flatnonzero(~walk.reached)
+    chosen = np.zeros((len(active), n_fields), dtype=bool)
+    for k in range(walk.order.shape[1]):
+        if not active.size:
+            return
+        owner, field = np.nonzero(~chosen & allowed[active])  # (row, free field) pairs
+        if not owner.size:
+            return
+        masks = chosen[owner].copy()
+        masks[np.arange(len(owner)), field] = True
+        record = active[owner]
+        cand, z = _walk_points(det, rows[record], masks, modes[record], np.zeros(len(owner)))
+        _, terms, _ = _assess(det, cand, missing[record] & ~masks)
+        scores = terms.sum(axis=1)
+        first = _best_per_row(owner, scores)
+        target, score = record[first], scores[first]
+        walk.order[target, k] = field[first]
+        walk.taken[target] = k + 1
+        better = (score < walk.best[target]) | (score <= threshold)
+        walk.keep(target[better], first[better], masks, scores, (cand, z, terms))
+        done = score <= threshold
+        walk.reached[target[done]] = True
+        active = target[~done]
+        chosen = masks[first][~done]
+
+
+def _later_steps(
+    det: Detector,
+    *,
+    rows: np.ndarray,
+    missing: np.ndarray,
+    modes: np.ndarray,
+    walk: _Walk,
+    steps: np.ndarray,
+    threshold: float,
+) -> None:
+    """Rows still not normal try the first 1..max_changes fields of their greedy order at
+    each later step of the path, all in one forward pass; the smallest step, then the fewest
+    fields, that scores normal is taken, else the lowest score if lower than before."""
+    active = np.flatnonzero(~walk.reached)
+    max_changes = walk.order.shape[1]
+    if not active.size or not steps.size:
+        return
+    owner, step, size = (
+        a.ravel()
+        for a in np.meshgrid(
+            active, np.arange(len(steps)), np.arange(1, max_changes + 1), indexing="ij"
+        )
+    )
+    keep = size <= walk.taken[owner]
+    owner, step, size = owner[keep], step[keep], size[keep]
+    if not owner.size:
+        return
+    prefix = np.arange(max_changes)[None, :] < size[:, None]  # [m, max_changes]
+    masks = np.zeros((len(owner), walk.chosen.shape[1]), dtype=bool)
+    masks[np.nonzero(prefix)[0], walk.order[owner][prefix]] = True
+    cand, z = _walk_points(det, rows[owner], masks, modes[owner], steps[step])
+    _, terms, _ = _assess(det, cand, missing[owner] & ~masks)
+    scores = terms.sum(axis=1)
+    normal = scores <= threshold
+    first = _best_per_row(owner, scores, np.where(normal, step * (max_changes + 1) + size, np.inf))
+    target = owner[first]
+    better = normal[first] | (scores[first] < walk.best[target])
+    target, first = target[better], first[better]
+    walk.keep(target, first, masks, scores, (cand, z, terms))
+    walk.t[target] = steps[step[first]]
+    walk.reached[target] = normal[first]
+
+
 def _search(
-    det: Detector, rows: np.ndarray, missing: np.ndarray, config: CounterfactualConfig
-) -> _Found:
-    """The greedy walk of every row at once (the candidates of all rows in one forward pass
-    per step): per row the changed-field mask, the step t and whether it scored normal."""
+    det: Detector,
+    rows: np.ndarray,
+    missing: np.ndarray,
+    own: tuple[np.ndarray, np.ndarray, np.ndarray],
+    config: CounterfactualConfig,
+) -> tuple[_Walk, np.ndarray]:
+    """The walk of every row at once, in a few forward passes whatever the number of rows:
+    the greedy choice of fields at t=0 (:func:`_greedy`), then the later steps of the path for
+    the rows it did not make normal (:func:`_later_steps`). ``own``: the rows' latent codes and
+    (density, reconstruction) terms."""
     n, n_fields = missing.shape
     threshold = _threshold(det, config)
-    latent, _ = _forward(det.vae, rows)
-    _, cluster, _ = det.mixture.assess(latent)
+    _, cluster, _ = det.mixture.assess(own[0])
     modes = np.asarray(det.mixture.means[cluster], dtype=np.float64)
-    chosen_out = np.zeros((n, n_fields), dtype=bool)
-    t_out = np.zeros(n)
-    reached = _score_rows(det, rows, missing) <= threshold
-    best = np.full(n, np.inf)
-    allowed = np.ones((n, n_fields), dtype=bool)
-    first_round = True
-    for t in np.linspace(0.0, 1.0, config.path_steps).tolist():
-        active = np.flatnonzero(~reached)
-        if not active.size:
-            break
-        chosen = np.zeros((len(active), n_fields), dtype=bool)
-        for _ in range(min(config.max_changes, n_fields)):
-            owner, field = np.nonzero(~chosen & allowed[active])  # (row, free field) pairs
-            masks = chosen[owner].copy()
-            masks[np.arange(len(owner)), field] = True
-            record = active[owner]
-            cand, _ = _walk_points(det, rows[record], masks, modes[record], np.full(len(owner), t))
-            scores = _score_rows(det, cand, missing[record] & ~masks)
-            if first_round and n_fields > config.candidate_fields:
-                alone = np.full((len(active), n_fields), np.inf)
-                alone[owner, field] = scores
-                pool = np.argsort(alone, axis=1, kind="stable")[:, : config.candidate_fields]
-                allowed[active] = False
-                allowed[active[:, None], pool] = True
-            first_round = False
-            # per row, its best candidate: sort by (row, score), take each row's first
-            order = np.lexsort((scores, owner))
-            first = order[np.r_[0, np.flatnonzero(np.diff(owner[order])) + 1]]
-            rows_of = owner[first]
-            chosen[rows_of] = masks[first]
-            target = active[rows_of]
-            better = scores[first] < best[target]
-            best[target[better]] = scores[first][better]
-            chosen_out[target[better]] = masks[first][better]
-            t_out[target[better]] = t
-            done = scores[first] <= threshold
-            hit = target[done]
-            chosen_out[hit] = masks[first][done]
-            t_out[hit] = t
-            reached[hit] = True
-            keep = ~done
-            if not keep.any():
-                break
-            active = active[rows_of[keep]]
-            chosen = chosen[rows_of[keep]]
-    return _Found(chosen_out, t_out, reached, modes)
+    score = own[1].sum(axis=1)
+    max_changes = min(config.max_changes, n_fields)
+    walk = _Walk(
+        chosen=np.zeros((n, n_fields), dtype=bool),
+        t=np.zeros(n),
+        reached=score <= threshold,
+        best=np.full(n, np.inf),
+        order=np.zeros((n, max_changes), dtype=np.intp),
+        taken=np.zeros(n, dtype=np.intp),
+        point=rows.copy(),
+        latent=own[0].copy(),
+        terms=own[1].copy(),
+    )
+    _greedy(
+        det,
+        rows=rows,
+        missing=missing,
+        modes=modes,
+        walk=walk,
+        config=config,
+        threshold=threshold,
+        contributions=own[2],
+    )
+    steps = np.linspace(0.0, 1.0, config.path_steps)[1:]
+    _later_steps(
+        det, rows=rows, missing=missing, modes=modes, walk=walk, steps=steps, threshold=threshold
+    )
+    return walk, modes
 
 
 # --- attributions ---------------------------------------------------------------------------
@@ -230,31 +410,43 @@ def _torch_terms(
     det: Detector, x: torch.Tensor, m: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Density and reconstruction (nats, [n]) of encoded rows ``x`` whose fields are missing
-    by the share ``m`` [n, n_fields]: the scoring rule, differentiable in both."""
+    by the share ``m`` [n, n_fields]: the scoring rule, differentiable in both. Whole-matrix
+    operations (no loop over fields or clusters): the attributions' points are many."""
     schema = det.schema
-    z = det.vae.encode_mean(x.float()).double()
-    recon = det.vae.decode(z.float()).double()
+    net = _net(det.vae)
+    z = net.encode(x.float()).double()
+    recon = net.decode(z.float()).double()
     mix = det.mixture
     k = z.shape[1]
-    comps = []
-    for c in range(mix.n_components):
-        chol = torch.from_numpy(mix.precision_cholesky[c])
-        y = (z - torch.from_numpy(mix.means[c])) @ chol
-        log_det = float(np.log(np.diagonal(mix.precision_cholesky[c])).sum())
-        comps.append(
-            math.log(mix.weights[c]) + log_det - 0.5 * (k * math.log(2 * math.pi) + (y * y).sum(1))
-        )
-    density = -torch.logsumexp(torch.stack(comps, dim=1), dim=1)
+    chol = torch.from_numpy(mix.precision_cholesky)  # [c, k, k]
+    y = torch.einsum("nck,ckl->ncl", z[:, None, :] - torch.from_numpy(mix.means)[None], chol)
+    log_det = np.log(np.diagonal(mix.precision_cholesky, axis1=1, axis2=2)).sum(axis=1)
+    constant = torch.from_numpy(np.log(mix.weights) + log_det - 0.5 * k * math.log(2 * math.pi))
+    density = -torch.logsumexp(constant - 0.5 * (y * y).sum(2), dim=1)
     per_column = 0.5 * (recon - x) ** 2 / torch.from_numpy(det.variances)
     rule3 = det.score_rule >= SCORE_RULE
-    terms = []
-    for spec, cols in zip(schema.fields, schema.slices, strict=True):
-        if rule3 and spec.kind is FieldKind.CATEGORICAL:
-            logits = recon[:, cols]
-            terms.append(torch.logsumexp(logits, dim=1) - (logits * x[:, cols]).sum(1))
-        else:
-            terms.append(per_column[:, cols].sum(1))
-    per_field = torch.stack(terms, dim=1)
+    field_of = np.repeat(np.arange(len(schema.fields)), [s.stop - s.start for s in schema.slices])
+    categorical = [
+        j for j, spec in enumerate(schema.fields) if rule3 and spec.kind is FieldKind.CATEGORICAL
+    ]
+    if categorical:
+        numeric_cols = np.ones(schema.width, dtype=bool)
+        for j in categorical:
+            numeric_cols[schema.slices[j]] = False
+        per_column = per_column * torch.from_numpy(numeric_cols.astype(np.float64))
+    per_field = torch.zeros(len(x), len(schema.fields), dtype=torch.float64).index_add(
+        1, torch.from_numpy(field_of), per_column
+    )
+    if categorical:
+        cross = torch.stack(
+            [
+                torch.logsumexp(recon[:, schema.slices[j]], dim=1)
+                - (recon[:, schema.slices[j]] * x[:, schema.slices[j]]).sum(1)
+                for j in categorical
+            ],
+            dim=1,
+        )
+        per_field = per_field.index_add(1, torch.tensor(categorical), cross)
     if rule3:
         per_field = per_field * (1.0 - m)
     q = torch.from_numpy(schema.missing_probabilities())
@@ -297,32 +489,40 @@ def attributions(
     alphas = np.concatenate([nodes[1:-1], (nodes[:-1] + nodes[1:]) / 2])  # inner nodes, mids
     inner = segments - 1
     dx, dm = (x1 - x0)[todo], (m1 - m0)[todo]
-    # rows: record-major, alpha-minor
-    x = torch.from_numpy(
-        (x0[todo][:, None, :] + alphas[None, :, None] * dx[:, None, :]).reshape(-1, x0.shape[1])
-    ).requires_grad_(True)
-    m = torch.from_numpy(
-        (m0[todo][:, None, :] + alphas[None, :, None] * dm[:, None, :]).reshape(-1, n_fields)
-    ).requires_grad_(True)
-    values = _torch_terms(det, x, m)
+    # rows: term-major (the density's copy, then the reconstruction's), record, alpha: one
+    # backward pass gives both terms' gradients
+    points = (x0[todo][:, None, :] + alphas[None, :, None] * dx[:, None, :]).reshape(
+        -1, x0.shape[1]
+    )
+    shares = (m0[todo][:, None, :] + alphas[None, :, None] * dm[:, None, :]).reshape(-1, n_fields)
+    x = torch.from_numpy(np.concatenate([points, points])).requires_grad_(True)
+    m = torch.from_numpy(np.concatenate([shares, shares])).requires_grad_(True)
+    density, reconstruction = _torch_terms(det, x, m)
     n_alpha = len(alphas)
+    half = len(points)
+    per_row = (
+        density[:half].reshape(len(todo), n_alpha),
+        reconstruction[half:].reshape(len(todo), n_alpha),
+    )
+    gx, gm = torch.autograd.grad(
+        per_row[0][:, inner:].sum() + per_row[1][:, inner:].sum(), (x, m), allow_unused=True
+    )
     for which in (0, 1):
-        per_row = values[which].reshape(len(todo), n_alpha)
-        gx, gm = torch.autograd.grad(
-            per_row[:, inner:].sum(), (x, m), retain_graph=which == 0, allow_unused=True
-        )
+        rows_of = slice(which * half, (which + 1) * half)
         grad_x = (
-            gx.numpy().reshape(len(todo), n_alpha, -1)[:, inner:]
+            gx[rows_of].numpy().reshape(len(todo), n_alpha, -1)[:, inner:]
             if gx is not None
             else np.zeros((len(todo), segments, x0.shape[1]))
         )
         per_field = np.add.reduceat(grad_x * dx[:, None, :], starts, axis=2)
         if gm is not None:
-            per_field += gm.numpy().reshape(len(todo), n_alpha, -1)[:, inner:] * dm[:, None, :]
+            per_field += (
+                gm[rows_of].numpy().reshape(len(todo), n_alpha, -1)[:, inner:] * dm[:, None, :]
+            )
         at_nodes = np.concatenate(
             [
                 terms[1][todo, which][:, None],
-                per_row[:, :inner].detach().numpy(),
+                per_row[which][:, :inner].detach().numpy(),
                 terms[0][todo, which][:, None],
             ],
             axis=1,
@@ -338,12 +538,7 @@ def attributions(
 
 def score_terms(det: Detector, rows: np.ndarray, missing: np.ndarray) -> np.ndarray:
     """[n, 2]: density and reconstruction of encoded rows, as scoring computes them."""
-    latent, recon = _forward(det.vae, rows)
-    density, _, _ = det.mixture.assess(latent)
-    contrib = field_contributions(
-        det.schema, rows, recon, det.variances, missing, rule=det.score_rule
-    )
-    return np.stack([density, contrib.sum(axis=1)], axis=1)
+    return _assess(det, rows, missing)[1]
 
 
 def _record_values(schema: Schema, rows: np.ndarray, missing: np.ndarray) -> list[list[object]]:
@@ -375,20 +570,22 @@ def nearest_normal_rows(
         return []
     rows = np.asarray(rows, dtype=np.float64).reshape(n, -1)
     missing = np.asarray(missing, dtype=bool)
-    found = _search(det, rows, missing, config)
+    own_latent, own_terms, own_fields = _assess(det, rows, missing)
+    walk, modes = _search(det, rows, missing, (own_latent, own_terms, own_fields), config)
+    normal_missing = missing & ~walk.chosen
+    # the path's points before the one taken (none for a point at t=0)
     grid = np.linspace(0.0, 1.0, config.path_steps)
-    n_steps = np.searchsorted(grid, found.t + 1e-12)  # steps up to the one taken, per row
-    owner = np.repeat(np.arange(n), n_steps)
-    step_t = np.concatenate([grid[:k] for k in n_steps])
-    path_rows, path_latent = _walk_points(
-        det, rows[owner], found.chosen[owner], found.modes[owner], step_t
-    )
-    normal_missing = missing & ~found.chosen
-    path_scores = _score_rows(det, path_rows, normal_missing[owner])
-    last = np.cumsum(n_steps) - 1
-    normal_rows = path_rows[last]
-    own_terms = score_terms(det, rows, missing)
-    normal_terms = score_terms(det, normal_rows, normal_missing)
+    earlier = np.searchsorted(grid, walk.t + 1e-12) - 1
+    owner = np.repeat(np.arange(n), earlier)
+    step_t = grid[np.arange(len(owner)) - np.repeat(np.cumsum(earlier) - earlier, earlier)]
+    before_latent = np.zeros((0, own_latent.shape[1]))
+    before_scores = np.zeros(0)
+    if owner.size:
+        earlier_rows, before_latent = _walk_points(
+            det, rows[owner], walk.chosen[owner], modes[owner], step_t
+        )
+        before_scores = _score_rows(det, earlier_rows, normal_missing[owner])
+    normal_rows, normal_terms = walk.point, walk.terms
     density, reconstruction = attributions(
         det,
         (rows, missing),
@@ -399,32 +596,38 @@ def nearest_normal_rows(
     total = density + reconstruction
     scores = own_terms.sum(axis=1)
     normal_scores = normal_terms.sum(axis=1)
-    p = p_values(det.calibrations.score, np.concatenate([scores, normal_scores, path_scores]))
-    p_own, p_normal, p_path = p[:n], p[n : 2 * n], p[2 * n :]
-    own_values = _record_values(schema, rows, missing)
-    normal_values = _record_values(schema, normal_rows, normal_missing)
-    own_latent, _ = _forward(det.vae, rows)
+    p = p_values(det.calibrations.score, np.concatenate([scores, normal_scores, before_scores]))
+    p_own, p_normal, p_before = p[:n], p[n : 2 * n], p[2 * n :]
+    own_records: Sequence[Mapping[str, object]] = (
+        actual
+        if actual is not None
+        else [
+            dict(zip(schema.names, v, strict=True)) for v in _record_values(schema, rows, missing)
+        ]
+    )
+    normal_values = _changed_values(schema, normal_rows, walk.chosen)
+    bounds = np.r_[0, np.cumsum(earlier)].tolist()
+    names = schema.names
     out = []
     for i in range(n):
-        own = [
-            plain_value(actual[i].get(name)) if actual is not None else own_values[i][j]
-            for j, name in enumerate(schema.names)
-        ]
         changes = []
-        chosen = found.chosen[i]
+        chosen = walk.chosen[i]
         for j in np.flatnonzero(chosen)[np.argsort(-total[i, chosen], kind="stable")].tolist():
-            before, after = own[j], normal_values[i][j]
+            name = names[j]
+            before = plain_value(own_records[i].get(name))
+            after = normal_values[j][i]
             numeric = schema.fields[j].kind is FieldKind.NUMERIC
             delta = (
-                float(after) - float(before)
+                float(after) - float(before)  # type: ignore[arg-type]
                 if numeric and _is_number(before) and _is_number(after)
                 else None
             )
-            changes.append(FieldChange(schema.names[j], before, after, delta, float(total[i, j])))
-        mine = owner == i
+            changes.append(FieldChange(name, before, after, delta, float(total[i, j])))
+        mine = slice(bounds[i], bounds[i + 1])
         out.append(
             Counterfactual(
-                normal=dict(zip(schema.names, normal_values[i], strict=True)),
+                fields=names,
+                own=own_records[i],
                 changes=tuple(changes),
                 attributions=total[i],
                 density_attributions=density[i],
@@ -433,12 +636,27 @@ def nearest_normal_rows(
                 normal_score=float(normal_scores[i]),
                 p_value=float(p_own[i]),
                 normal_p_value=float(p_normal[i]),
-                reached=bool(found.reached[i]),
-                path_t=tuple(step_t[mine].tolist()),
-                path_p_value=tuple(p_path[mine].tolist()),
-                path_latent=np.concatenate([own_latent[i : i + 1], path_latent[mine]]),
+                reached=bool(walk.reached[i]),
+                path_t=(*step_t[mine].tolist(), float(walk.t[i])),
+                path_p_value=(*p_before[mine].tolist(), float(p_normal[i])),
+                path_latent=np.concatenate(
+                    [own_latent[i : i + 1], before_latent[mine], walk.latent[i : i + 1]]
+                ),
             )
         )
+    return out
+
+
+def _changed_values(
+    schema: Schema, rows: np.ndarray, chosen: np.ndarray
+) -> dict[int, dict[int, object]]:
+    """The values of the chosen fields of encoded rows: {field: {row: value}}, only where
+    chosen (a chosen field is never missing in the nearest normal record)."""
+    out: dict[int, dict[int, object]] = {}
+    for j in np.flatnonzero(chosen.any(axis=0)).tolist():
+        which = np.flatnonzero(chosen[:, j])
+        values = decode_field(schema.fields[j], rows[which][:, schema.slices[j]])
+        out[j] = dict(zip(which.tolist(), map(plain_value, values), strict=True))
     return out
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
 # Added to covariance diagonals: latent codes of a VAE can collapse along a direction.
 _REG_COVAR = 1e-4
@@ -56,18 +57,25 @@ class ReferenceMixture:
 
 
 def fit_mixture(codes: np.ndarray, max_components: int, seed: int) -> ReferenceMixture:
-    """Fit full-covariance mixtures with 1..max_components components and keep the lowest BIC."""
+    """Fit full-covariance mixtures with 1..max_components components and keep the lowest BIC.
+
+    On one BLAS thread: the matrices are at most 16 x 16, too small for threads to help, and
+    on a busy machine a threaded BLAS spends most of its time waking threads for each of the
+    thousands of tiny solves (the fit's slowest part by far, for the same result)."""
     codes = codes.astype(np.float64, copy=False)
     limit = max(1, min(max_components, len(codes) // _ROWS_PER_COMPONENT))
     best: tuple[float, GaussianMixture] | None = None
-    for k in range(1, limit + 1):
-        gmm = GaussianMixture(k, covariance_type="full", reg_covar=_REG_COVAR, random_state=seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gmm.fit(codes)
-        bic = float(gmm.bic(codes))
-        if best is None or bic < best[0]:
-            best = (bic, gmm)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for k in range(1, limit + 1):
+            gmm = GaussianMixture(
+                k, covariance_type="full", reg_covar=_REG_COVAR, random_state=seed
+            )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                gmm.fit(codes)
+            bic = float(gmm.bic(codes))
+            if best is None or bic < best[0]:
+                best = (bic, gmm)
     assert best is not None
     gmm = best[1]
     return ReferenceMixture(

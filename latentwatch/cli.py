@@ -8,6 +8,7 @@ import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -572,6 +573,11 @@ def db_prune(
     typer.echo(f"deleted {removed} flagged record(s) older than {older_than}")
 
 
+class DemoScenario(StrEnum):
+    STREAM = "stream"
+    DRIFT = "drift"
+
+
 @app.command()
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the model, database and logs go")] = Path(
@@ -582,17 +588,32 @@ def demo(
     keep_running: Annotated[
         bool, typer.Option(help="Keep consumer, metrics and API up until Ctrl-C")
     ] = False,
+    scenario: Annotated[
+        DemoScenario,
+        typer.Option(
+            help="stream: anomalies in a stream (--repeat); drift: the stream shifts, a model "
+            "is retrained from the topic, shadowed, compared and promoted"
+        ),
+    ] = DemoScenario.STREAM,
 ) -> None:
     """The whole path on embedded defaults: broker, training, stream, SQLite, metrics, API."""
     from rich.console import Console
 
-    from latentwatch.demo import DemoOptions, run_demo, summary_table
-
     setup_logging("warning")
     console = Console()
-    options = DemoOptions(workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running)
     try:
         with _sigterm_unwinds():
+            if scenario is DemoScenario.DRIFT:
+                from latentwatch.drift_demo import DriftOptions, drift_summary, run_drift_demo
+
+                drift = DriftOptions(workdir=workdir, rate=rate, keep_running=keep_running)
+                console.print(drift_summary(run_drift_demo(drift, console)))
+                return
+            from latentwatch.demo import DemoOptions, run_demo, summary_table
+
+            options = DemoOptions(
+                workdir=workdir, repeat=repeat, rate=rate, keep_running=keep_running
+            )
             result = run_demo(options, console)
     except _Terminated:
         typer.echo("latentwatch: terminated", err=True)

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from api.server import serve_in_thread
 from detector import artifact
 from detector.detector import Detector, DetectorConfig
-from detector.schema import SchemaOptions
+from detector.schema import Columns, SchemaOptions
 from latentwatch.embedded import EmbeddedBroker
 from latentwatch.progress import training_progress
 from latentwatch.service import BackgroundConsumer
@@ -147,11 +147,16 @@ def summary_table(result: DemoResult) -> Table:
     return table
 
 
-def _train(data: DemoData, model_dir: Path, console: Console) -> Detector:
-    with training_progress(3000, console) as progress:
-        detector = Detector.fit(
-            data.train, SchemaOptions(id_column="id"), DetectorConfig(), progress
-        )
+def train_and_save(
+    columns: Columns,
+    model_dir: Path,
+    console: Console,
+    config: DetectorConfig | None = None,
+) -> Detector:
+    """Train on the columns (their ``id`` column identifies records), save, say so."""
+    config = config or DetectorConfig()
+    with training_progress(config.training.max_steps, console) as progress:
+        detector = Detector.fit(columns, SchemaOptions(id_column="id"), config, progress)
     artifact.save(detector, model_dir)
     console.print(
         f"trained model {detector.version} on {detector.report.rows} normal records "
@@ -161,7 +166,7 @@ def _train(data: DemoData, model_dir: Path, console: Console) -> Detector:
     return detector
 
 
-def _off_main_thread(call: Callable[[], T], stop: threading.Event | None = None) -> T:
+def off_main_thread(call: Callable[[], T], stop: threading.Event | None = None) -> T:
     """Make a Kafka call in a worker thread and wait for it here. kafka-python catches
     BaseException around its socket I/O, so a Ctrl-C (a KeyboardInterrupt, raised in the main
     thread) landing inside a Kafka call of the main thread is taken for a lost connection and
@@ -190,19 +195,27 @@ def _off_main_thread(call: Callable[[], T], stop: threading.Event | None = None)
     return outcome[0]
 
 
-def _send(
+def send(
     bootstrap: str,
-    messages: list[dict[str, Any] | bytes],
+    topic: str,
+    messages: list[dict[str, Any]] | list[dict[str, Any] | bytes],
     rate: float,
     consumer: BackgroundConsumer,
+    *,
+    key_field: str | None = None,
 ) -> float:
-    """Replay the messages and wait until all were consumed; the wall time taken."""
+    """Replay the messages (keyed by ``key_field``, if given: each key's partition is then
+    fixed) and wait until the consumer has consumed them too (at most a minute); the wall time
+    taken."""
     started = time.monotonic()
+    expected = consumer.consumed + len(messages)
     stop = threading.Event()
     records = itertools.takewhile(lambda _: not stop.is_set(), messages)
-    _off_main_thread(lambda: replay_to(bootstrap, records, TOPIC, rate=rate), stop)
+    off_main_thread(
+        lambda: replay_to(bootstrap, records, topic, rate=rate, key_field=key_field), stop
+    )
     deadline = time.monotonic() + 60
-    while consumer.consumed < len(messages) and time.monotonic() < deadline:
+    while consumer.consumed < expected and time.monotonic() < deadline:
         time.sleep(0.1)
     return time.monotonic() - started
 
@@ -219,7 +232,19 @@ def _flagged_ids(db_url: str) -> set[str]:
         engine.dispose()
 
 
-def _wait_for_ctrl_c(console: Console) -> None:
+def fresh_database(workdir: Path) -> str:
+    """The URL of an empty SQLite file in ``workdir`` (a previous run's file removed)."""
+    db_path = workdir / "latentwatch.db"
+    for stale in (
+        db_path,
+        db_path.with_name(db_path.name + "-wal"),
+        db_path.with_name(db_path.name + "-shm"),
+    ):
+        stale.unlink(missing_ok=True)  # a killed run's write-ahead log must not meet a new file
+    return f"sqlite:///{db_path}"
+
+
+def wait_for_ctrl_c(console: Console) -> None:
     console.print("consumer, metrics and API keep running: press Ctrl-C to stop")
     try:
         while True:
@@ -233,22 +258,15 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     console = console or Console()
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    db_path = workdir / "latentwatch.db"
-    for stale in (
-        db_path,
-        db_path.with_name(db_path.name + "-wal"),
-        db_path.with_name(db_path.name + "-shm"),
-    ):
-        stale.unlink(missing_ok=True)  # a killed run's write-ahead log must not meet a new file
-    db_url = f"sqlite:///{db_path}"
+    db_url = fresh_database(workdir)
     data = demo_data(options)
     messages: list[dict[str, Any] | bytes] = [*data.stream, *MALFORMED]
     urls: dict[str, str] = {}
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker(log_path=workdir / "broker.log"))
         console.print(f"embedded broker (Tansu) at {broker.bootstrap}")
-        _train(data, workdir / "model", console)
-        _off_main_thread(lambda: ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS))
+        train_and_save(data.train, workdir / "model", console)
+        off_main_thread(lambda: ensure_topics(broker.bootstrap, [TOPIC], partitions=PARTITIONS))
         settings = ConsumeSettings(
             model=workdir / "model",
             db=db_url,
@@ -260,7 +278,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
         consumer = stack.enter_context(BackgroundConsumer(settings))
         urls["metrics"] = consumer.wait_for_metrics()
         consumer.wait_for_partitions(PARTITIONS)
-        urls.update(_start_api(stack, db_url))
+        urls.update(start_api(stack, db_url))
         for name, url in urls.items():
             console.print(f"{name}: {url}")
         console.print(
@@ -268,9 +286,9 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
             f"{options.rate:,.0f}/s ({len(data.anomalous_ids)} injected anomalies, "
             f"{len(MALFORMED)} malformed)"
         )
-        elapsed = _send(broker.bootstrap, messages, options.rate, consumer)
+        elapsed = send(broker.bootstrap, TOPIC, messages, options.rate, consumer)
         if options.keep_running:
-            _wait_for_ctrl_c(console)
+            wait_for_ctrl_c(console)
         totals = consumer.close()
     reports = consumer.reports
     latencies = [r.committed_at - r.timestamps_ms / 1000.0 for r in reports]
@@ -285,7 +303,7 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> DemoResult
     )
 
 
-def _start_api(stack: ExitStack, db_url: str) -> dict[str, str]:
+def start_api(stack: ExitStack, db_url: str) -> dict[str, str]:
     """The query API and explorer page on a free loopback port."""
     server = stack.enter_context(serve_in_thread(db_url))
     return {"explorer + API": server.url}

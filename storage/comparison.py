@@ -143,6 +143,24 @@ def comparison_rows(
     )
 
 
+def shadow_topics(session: Session, window: tuple[datetime, datetime], limit: int) -> list[str]:
+    """The topics (at most ``limit``, by name) with shadow scores stored in ``[start, end)``:
+    those a comparison over the window has something to compare on."""
+    return list(
+        session.scalars(
+            select(ModelScoreRow.topic)
+            .where(
+                ModelScoreRow.run == "shadow",
+                ModelScoreRow.scored_time >= window[0],
+                ModelScoreRow.scored_time < window[1],
+            )
+            .distinct()
+            .order_by(ModelScoreRow.topic)
+            .limit(limit)
+        )
+    )
+
+
 @dataclass(frozen=True)
 class StoredFlag:
     partition: int

@@ -5,6 +5,9 @@ export const TOKEN_KEY = "latentwatch.token";
 
 export class AuthNeeded extends Error {}
 
+/** A 404 answer (its message is the API's detail). */
+export class NotFound extends Error {}
+
 let onAuthNeeded = () => {};
 
 /** Called with a message when the API answers 401 (the page asks for the token). */
@@ -21,6 +24,7 @@ export async function api(path, options = {}) {
     onAuthNeeded(token ? "That token was refused." : "This server needs an API token.");
     throw new AuthNeeded();
   }
+  if (response.status === 404) throw new NotFound(await errorText(response));
   if (!response.ok) throw new Error(await errorText(response));
   return response;
 }

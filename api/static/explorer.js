@@ -1,9 +1,11 @@
 // The explorer: the view (filters, time range, sort, selected record: also the page's URL) ->
 // GET /api/flagged (keyset pages), the timeline and total from GET /api/stats, a record ->
 // GET /api/flagged/{id}, its model (reference clusters, flagging threshold) -> GET /api/models,
+// live against shadow models over the timeline's window -> GET /api/models/compare[/topics],
 // verdicts -> POST .../feedback. Auto-refresh counts what arrived since the load and offers it.
 
 import { AuthNeeded, TOKEN_KEY, api, getJson, whenAuthNeeded } from "./api.js";
+import { comparisons, renderComparisons } from "./compare.js";
 import { clear, el, formatNumber, formatTime } from "./dom.js";
 import { drawMap, renderDetail, renderNoDetail, severityBadge, verdictBadge } from "./detail.js";
 import { clusterColour } from "./latentmap.js";
@@ -29,6 +31,7 @@ const state = {
   selecting: 0, // ignores answers to superseded selections
   loading: 0, // ignores answers to superseded page loads
   overviewing: 0, // and to superseded timeline loads
+  comparing: 0, // and to superseded comparisons
   timeline: null,
   since: null, // {start, count}: matching records at or after the newest one at load time
   timer: null,
@@ -212,6 +215,7 @@ async function loadOverview() {
     state.total = 0;
     state.timeline = null;
     renderOverview();
+    loadComparisons(bounds.start, bounds.end).catch(report); // never holding the view up
     return;
   }
   let fromMs = Date.parse(bounds.start ?? oldest);
@@ -233,6 +237,14 @@ async function loadOverview() {
   if (!bounds.end) state.since = { start: newest, count: await countSince(newest) };
   if (ticket !== state.overviewing) return;
   renderOverview();
+  loadComparisons(new Date(fromMs).toISOString(), new Date(toMs).toISOString()).catch(report);
+}
+
+/** Live against shadow over the timeline's window (the API's last 24 h when it is open). */
+async function loadComparisons(start, end) {
+  const ticket = ++state.comparing;
+  const found = await comparisons(state.view.filters.topic, start, end);
+  if (ticket === state.comparing) renderComparisons($("compare"), found);
 }
 
 /** Matching records at or after ``start`` (the newest one at load, included). */

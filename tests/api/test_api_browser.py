@@ -26,11 +26,11 @@ from detector import artifact
 from storage.database import make_engine, session_factory, upgrade
 from storage.models import FlaggedRecordRow
 from storage.queries import get_flagged
-from storage.records import ModelVersion
-from storage.repository import write_flagged
+from storage.records import ModelScore, ModelVersion, RunCount
+from storage.repository import add_feedback, write_flagged
 from streams.messages import PlainMessage
 from streams.scoring import flagged_records
-from tests.support.api_data import MODEL_A, T0, flagged, manifest, seed
+from tests.support.api_data import MODEL_A, MODEL_B, T0, flagged, manifest, seed
 
 pytestmark = pytest.mark.browser
 
@@ -591,6 +591,98 @@ def test_the_nearest_normal_record_shows_as_a_strip_and_a_walk_on_the_map(
         page.goto(f"{running.url}/?id={old}")
         page.wait_for_selector("#nearest-normal.muted")
         assert "Stored before" in page.inner_text("#nearest-normal")
+        page.close()
+    engine.dispose()
+    assert errors == []
+
+
+# Live (MODEL_A) against shadow (MODEL_B) on "payments", 200 records scored by both; the stored
+# rows of the records either flagged: (record i, live score, shadow score, live flag, shadow
+# flag). By hand: flag rates 4/200 = 2 % and 2/200 = 1 % (both calibrated for 1 %); flagged by
+# both 1 of 5 (overlap 20 %); Spearman of the ranks (5,4,3,2,1) and (4,1,2,3,5): sum d² = 28,
+# rho = 1 - 6*28 / (5*24) = -0.4; record 0, the only one labelled (a true alarm): precision
+# 100 % over 1 labelled for both; record 8, flagged by the shadow model only, unlabelled.
+SHADOW_CASE = [
+    (0, 9.0, 8.0, True, True),
+    (2, 7.0, 1.0, True, False),
+    (4, 6.0, 2.0, True, False),
+    (6, 5.0, 3.0, True, False),
+    (8, 1.0, 9.0, False, True),
+]
+
+
+def test_the_explorer_compares_the_live_model_with_its_shadow(
+    browser: Browser, tmp_path: Path
+) -> None:
+    url = f"sqlite:///{tmp_path / 'compare.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    live = [flagged(i) for i, *_, live_flag, _ in SHADOW_CASE if live_flag]
+    scores = [
+        ModelScore(
+            "shadow",
+            MODEL_B.version,
+            "payments",
+            i % 3,
+            i,
+            1_793_000_000_000 + i,
+            f"pay-{i}",
+            T0 + timedelta(seconds=10 * i),
+            shadow_score,
+            50.0,
+            0.01,
+            shadow_flag,
+            MODEL_A.version,
+            live_score,
+            live_flag,
+        )
+        for i, live_score, shadow_score, live_flag, shadow_flag in SHADOW_CASE
+    ]
+    counts = [RunCount("shadow", MODEL_B.version, "payments", T0, 200, 2, 4)]
+    write_flagged(factory, live, [MODEL_A, MODEL_B], scores=scores, run_counts=counts)
+    add_feedback(factory, record_id(factory, "pay-0"), "true_alarm")
+    with serve(factory) as running:
+        page, errors = open_page(browser, f"{running.url}/")
+        page.wait_for_selector("#compare:not([hidden]) .comparison")
+        section = page.locator("#compare .comparison")
+        assert section.count() == 1  # "logins" has no shadow model: not shown
+        assert section.get_attribute("data-topic") == "payments"
+
+        def cells(role: str) -> dict[str, str]:
+            row = section.locator(f"tr[data-role={role}]")
+            fields = row.locator("td[data-field]").evaluate_all(
+                "(tds) => tds.map((td) => [td.dataset.field, td.textContent])"
+            )
+            return {"version": row.locator("td.version").inner_text(), **dict(fields)}
+
+        assert cells("live") == {
+            "version": MODEL_A.version,
+            "fpr": "1.00 %",
+            "flagged": "4",
+            "flag_rate": "2.00 %",
+            "precision": "100.00 % (1 labelled)",
+        }
+        assert cells("shadow") == {
+            "version": MODEL_B.version,
+            "fpr": "1.00 %",
+            "flagged": "2",
+            "flag_rate": "1.00 %",
+            "precision": "100.00 % (1 labelled)",
+        }
+        assert "200 records scored by both" in section.locator("h3").inner_text()
+        summary = section.locator(".summary").inner_text()
+        assert "Flagged by both 1 of 5 (overlap 20.00 %)" in summary
+        assert "score rank correlation -0.40" in summary
+        assert "1 shadow-only flags nobody labelled" in summary
+        screenshot(page, "explorer-compare.png", full_page=True)
+
+        # filtering on a topic without a shadow model hides the section
+        page.fill("#filters input[name=topic]", "logins")
+        page.click("#filters button[type=submit]")
+        wait_for_url(page, "topic=logins")
+        page.wait_for_function("() => document.getElementById('compare').hidden")
+        assert page.locator("#compare .comparison").count() == 0
         page.close()
     engine.dispose()
     assert errors == []

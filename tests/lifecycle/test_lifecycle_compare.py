@@ -128,6 +128,11 @@ def test_compare_api_and_cli_on_stored_rows(
         assert "no shadow scores of 'other'" in missing.json()["detail"]
         # the route is not taken for a model version
         assert client.get("/api/models/compare").status_code == 422
+        # the topics to compare: those with shadow scores in the window
+        topics = client.get("/api/models/compare/topics", params=window).json()
+        assert topics["topics"] == ["t"]
+        earlier = {"start": "2026-12-01T00:00:00Z", "end": "2026-12-01T01:00:00Z"}
+        assert client.get("/api/models/compare/topics", params=earlier).json()["topics"] == []
 
     code, out, err = run_cli(
         capsys,
