@@ -299,6 +299,9 @@ def run(
     names: list[str], methods: list[str], seeds: list[int], cache: ResultCache
 ) -> dict[str, dict[str, Result]]:
     results: dict[str, dict[str, Result]] = {}
+    # hashed once: the code imported now is what every result of this run comes from, even if
+    # detector/ is edited while the run goes on
+    code = _detector_code()
     for name in names:
         ds = datasets.load(name)
         results[name] = {}
@@ -307,7 +310,7 @@ def run(
             for seed in seeds:
                 key = f"{name}/{seed}/{method}"
                 if method == "latentwatch":
-                    key += f"/{_detector_code()}"
+                    key += f"/{code}"
                 hit = cache.get(key)
                 if hit is None:
                     hit = evaluate(method, ds, seed, name in SYNTHETIC)
