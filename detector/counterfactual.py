@@ -21,18 +21,22 @@ of the two scores by construction, and a field that does not change gets none.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
 
 from detector.calibration import p_values, threshold_for
-from detector.detector import Detector, LatentMap, _forward
+from detector.detector import Detector, LatentMap
 from detector.encoding import decode_field, encode_records, plain_value
 from detector.schema import FieldKind, Schema
 from detector.scoring import SCORE_RULE, field_contributions
+from detector.vae import VAE
 
 
 @dataclass(frozen=True)
@@ -131,13 +135,65 @@ def _column_mask(schema: Schema, fields: np.ndarray) -> np.ndarray:
     return np.repeat(fields, widths, axis=1)
 
 
+class _Net:
+    """The VAE's encoder (to the posterior mean) and decoder as lists of layers run by hand:
+    the same operations as the modules (the same bits), without their per-call overhead, which
+    dominates the walk's many small passes. A layer other than Linear or ReLU runs as its
+    module."""
+
+    def __init__(self, vae: VAE) -> None:
+        self.encoder = (*vae.encoder, vae.to_mean)
+        self.decoder = tuple(vae.decoder)
+        self.steps = {
+            id(layer): (layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer
+            for layer in (*self.encoder, *self.decoder)
+        }
+
+    def _run(self, layers: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            step = self.steps[id(layer)]
+            if isinstance(step, tuple):
+                x = F.linear(x, step[0], step[1])
+            elif isinstance(step, nn.ReLU):
+                x = torch.relu(x)
+            else:
+                x = step(x)
+        return x
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(self.encoder, x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self._run(self.decoder, z)
+
+
+_NETS: weakref.WeakKeyDictionary[VAE, _Net] = weakref.WeakKeyDictionary()
+
+
+def _net(vae: VAE) -> _Net:
+    net = _NETS.get(vae)
+    if net is None:
+        net = _NETS[vae] = _Net(vae)
+    return net
+
+
+def _forward_fast(vae: VAE, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """detector._forward (posterior means and their reconstructions), through :class:`_Net`."""
+    net = _net(vae)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        mean = net.encode(x)
+        recon = net.decode(mean)
+    return mean.numpy().astype(np.float64), recon.numpy()
+
+
 def _assess(
     det: Detector, rows: np.ndarray, missing: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Latent codes [n, latent_dim], (density, reconstruction) terms [n, 2] and per-field
     reconstruction terms [n, n_fields] of encoded rows, as Detector.score_encoded computes
     them, in one forward pass."""
-    latent, recon = _forward(det.vae, rows)
+    latent, recon = _forward_fast(det.vae, rows)
     density, _, _ = det.mixture.assess(latent)
     contrib = field_contributions(
         det.schema, rows, recon, det.variances, missing, rule=det.score_rule
@@ -158,13 +214,12 @@ def _walk_points(
     values. Returns the candidate rows [m, width] and their latent points [m, latent_dim]."""
     cols = _column_mask(det.schema, masks)
     masked = np.where(cols, imputed(det.schema), rows)
+    net = _net(det.vae)
     with torch.inference_mode():
-        z0 = det.vae.encode_mean(torch.from_numpy(masked.astype(np.float32))).double()
-        z = z0 + torch.from_numpy(np.asarray(t, dtype=np.float64)[:, None]) * (
-            torch.from_numpy(modes) - z0
-        )
-        decoded = det.vae.decode(z.float()).double().numpy()
-    return np.where(cols, snap(det.schema, decoded), rows), z.numpy()
+        z0 = net.encode(torch.from_numpy(masked.astype(np.float32))).numpy().astype(np.float64)
+        z = z0 + np.asarray(t, dtype=np.float64)[:, None] * (modes - z0)
+        decoded = net.decode(torch.from_numpy(z.astype(np.float32))).numpy().astype(np.float64)
+    return np.where(cols, snap(det.schema, decoded), rows), z
 
 
 # --- the walk -------------------------------------------------------------------------------
@@ -358,8 +413,9 @@ def _torch_terms(
     by the share ``m`` [n, n_fields]: the scoring rule, differentiable in both. Whole-matrix
     operations (no loop over fields or clusters): the attributions' points are many."""
     schema = det.schema
-    z = det.vae.encode_mean(x.float()).double()
-    recon = det.vae.decode(z.float()).double()
+    net = _net(det.vae)
+    z = net.encode(x.float()).double()
+    recon = net.decode(z.float()).double()
     mix = det.mixture
     k = z.shape[1]
     chol = torch.from_numpy(mix.precision_cholesky)  # [c, k, k]

@@ -152,6 +152,22 @@ def test_deterministic(mixed_variant: Variant) -> None:
     assert np.array_equal(first.path_latent, second.path_latent)
 
 
+def test_a_batch_walks_each_record_as_alone(mixed_variant: Variant) -> None:
+    """The walk of every record at once (candidates of all rows in one pass, rows leaving as
+    they reach normal) gives each record the walk it gets alone, already-normal ones included."""
+    det = mixed_variant.detector
+    records = [*mixed_variant.unusual[:5], *mixed_variant.normal[:2]]
+    together = nearest_normal_records(det, records)
+    assert any(cf.changes for cf in together) and any(not cf.changes for cf in together)
+    for record, batched in zip(records, together, strict=True):
+        alone = explain_record(det, record)
+        assert [c.name for c in batched.changes] == [c.name for c in alone.changes]
+        assert batched.reached == alone.reached and batched.path_t == alone.path_t
+        assert batched.normal_score == pytest.approx(alone.normal_score, rel=1e-5, abs=1e-4)
+        np.testing.assert_allclose(batched.attributions, alone.attributions, rtol=1e-4, atol=1e-4)
+        assert_complete(det, record, batched)
+
+
 def test_snap_gives_values_a_record_can_hold(mixed_variant: Variant) -> None:
     det = mixed_variant.detector
     rng = np.random.default_rng(0)
