@@ -293,6 +293,9 @@ class ModelSideOut(_Out):
 
 class ComparisonOut(_Out):
     topic: str
+    run: str = Field(
+        description="'shadow', or the backfill run compared (then `shadow` is the run's model)."
+    )
     start: datetime
     end: datetime
     scored: int = Field(description="Records both models scored in the window.")

@@ -180,27 +180,41 @@ def compare(
     since: Annotated[str, typer.Option(help="Window start: ISO time or an age (24h)")] = "24h",
     until: Annotated[str | None, typer.Option(help="Window end (default: now)")] = None,
     version: Annotated[str | None, typer.Option(help="Shadow version (default: latest)")] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(help="A backfill run (rescore --name) instead, over its whole range"),
+    ] = None,
 ) -> None:
-    """The live model against its shadow over a window (as GET /api/models/compare)."""
+    """The live model against its shadow over a window, or against a backfill run over the
+    records it re-scored (as GET /api/models/compare)."""
     from datetime import UTC
 
-    from lifecycle.compare import compare_window
+    from lifecycle.compare import compare_run, compare_window
     from lifecycle.window import parse_time
     from storage.registry import RegistryError
 
     end = _time(until) or datetime.now(UTC)
     start = parse_time(since, end)
     with _sessions(db) as sessions, sessions() as session:
-        result = compare_window(session, topic, (start, end), version)
-    if result is None:
-        raise RegistryError(f"no shadow scores of {topic} between {start} and {end}")
+        if run is not None:
+            found = compare_run(session, run)
+            if found is None or found[1].topic != topic:
+                raise RegistryError(f"no backfill run {run!r} of {topic} (latentwatch rescore)")
+            result, ran = found
+            start, end = ran.start, ran.end
+        else:
+            in_window = compare_window(session, topic, (start, end), version)
+            if in_window is None:
+                raise RegistryError(f"no shadow scores of {topic} between {start} and {end}")
+            result = in_window
 
     def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.2f} %"
 
-    typer.echo(f"{topic}: {result.scored} records scored by both, {start:%F %T} .. {end:%F %T}")
+    what = f"backfill run {run} re-scored" if run else "scored by both"
+    typer.echo(f"{topic}: {result.scored} records {what}, {start:%F %T} .. {end:%F %T}")
     typer.echo(f"{'':8}{'version':<14}{'fpr':>9}{'flagged':>9}{'rate':>9}{'precision':>11}")
-    for role, side in (("live", result.live), ("shadow", result.shadow)):
+    for role, side in (("live", result.live), ("run" if run else "shadow", result.shadow)):
         typer.echo(
             f"{role:<8}{side.version:<14}{pct(side.fpr):>9}{side.flagged:>9}"
             f"{pct(side.flag_rate):>9}{pct(side.precision):>11} ({side.labelled} labelled)"

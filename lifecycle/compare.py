@@ -1,16 +1,20 @@
-"""Live versus shadow over a window, from what the consumers stored (pure): each model's flag
-rate against its calibrated false-alarm rate, the overlap of their flagged records, the rank
-correlation of their scores, and their precision over the records users labelled.
+"""Live versus shadow over a window, or versus a backfill run over its range, from what was
+stored (the arithmetic is pure): each model's flag rate against its calibrated false-alarm
+rate, the overlap of their flagged records, the rank correlation of their scores, and their
+precision over the records users labelled.
 
 The shadow run keeps a row for every record either model flagged (with both scores), and
 counts every record it scored; so rates use all scored records, while the overlap, the rank
 correlation and the precision are over the flagged records only. Users label live flags (the
 explorer shows no others), so a shadow model's precision is over the labelled records it
 flags too; the records only it flags are not labelled, and their number is given beside.
+A backfill run stores only what it flags: its records are compared with the live flags of the
+same records, and the rank correlation is over the records both flagged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +23,13 @@ import numpy as np
 from scipy.stats import spearmanr
 from sqlalchemy.orm import Session
 
-from storage.comparison import StoredPair, comparison_rows
+from storage.comparison import (
+    RunRange,
+    StoredPair,
+    backfill_comparison_rows,
+    backfill_range,
+    comparison_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,8 @@ def compare(
     both = sum(1 for p in pairs if p.flagged and p.live_flagged is True)
     either = sum(1 for p in pairs if p.flagged or p.live_flagged)
     rank = None
-    scored_twice = [p for p in pairs if p.live_score is not None]
+    # both scores stored (a backfill run stores no score for what only the live model flags)
+    scored_twice = [p for p in pairs if p.live_score is not None and not math.isnan(p.score)]
     if len(scored_twice) > 1:
         a = np.array([p.live_score for p in scored_twice], dtype=np.float64)
         b = np.array([p.score for p in scored_twice], dtype=np.float64)
@@ -112,3 +123,20 @@ def compare_window(
         (rows.live_version or "", rows.shadow_version),
         rows.fprs,
     )
+
+
+def compare_run(session: Session, name: str) -> tuple[Comparison, RunRange] | None:
+    """A backfill run (``latentwatch rescore --name``) against the live flags of the records
+    it re-scored, over its whole range; None if there is no such run."""
+    run = backfill_range(session, name)
+    if run is None:
+        return None
+    rows = backfill_comparison_rows(session, run)
+    result = compare(
+        rows.scored,
+        (rows.live_flagged, rows.flagged),
+        rows.pairs,
+        (rows.live_version or "", run.version),
+        rows.fprs,
+    )
+    return result, run

@@ -95,7 +95,7 @@ class Registry:
         if version == current.live:
             raise RegistryError(f"{version} is already the live model of {self.scope}")
         self._check_fits(version, current)
-        return self._record(version, "promote")
+        return self._record(version, "promote", current)
 
     def shadow(self, version: str) -> Roles:
         current = self.roles()
@@ -104,13 +104,13 @@ class Registry:
         if version == current.shadow:
             raise RegistryError(f"{version} is already the shadow model of {self.scope}")
         self._check_fits(version, current)
-        return self._record(version, "shadow")
+        return self._record(version, "shadow", current)
 
     def unshadow(self) -> Roles:
         current = self.roles()
         if current.shadow is None:
             raise RegistryError(f"{self.scope} has no shadow model")
-        return self._record(current.shadow, "unshadow")
+        return self._record(current.shadow, "unshadow", current)
 
     def rollback(self) -> Roles:
         current = self.roles()
@@ -121,7 +121,7 @@ class Registry:
                 f"(live: {current.live or 'none'})"
             )
         self._check_loads(previous)
-        return self._record(previous, "rollback")
+        return self._record(previous, "rollback", current)
 
     def retire(self, version: str) -> Roles:
         current = self.roles()
@@ -133,11 +133,13 @@ class Registry:
             )
         if version in current.retired:
             raise RegistryError(f"{version} is already retired on {self.scope}")
-        return self._record(version, "retire")
+        return self._record(version, "retire", current)
 
-    def _record(self, version: str, action: str) -> Roles:
+    def _record(self, version: str, action: str, decided_on: Roles) -> Roles:
+        """Record the change decided on the roles ``decided_on``: refused if the roles changed
+        since (another change at the same time), so the checks made on them still hold."""
         event = ModelEvent(self.scope, version, action, self.actor, self.clock())
-        registry.record_event(self.sessions, event)
+        registry.record_event(self.sessions, event, decided_on)
         return self.roles()
 
     def _check_loads(self, version: str) -> Detector:

@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage.models import (
+    BackfillRunRow,
     FeedbackLabel,
     FeedbackRow,
     FlaggedRecordRow,
@@ -25,7 +26,7 @@ from storage.models import (
 
 @dataclass(frozen=True)
 class StoredPair:
-    score: float
+    score: float  # NaN: not stored (a backfill run keeps the scores of its flags only)
     live_score: float | None
     flagged: bool
     live_flagged: bool | None
@@ -140,6 +141,93 @@ def comparison_rows(
         live_flagged=int(totals[2]),
         pairs=pairs,
         fprs=(_fpr(session, live_version), _fpr(session, version)),
+    )
+
+
+@dataclass(frozen=True)
+class RunRange:
+    """What a backfill run re-scored: ``topic``'s records of ``[start, end)`` (record time)."""
+
+    name: str
+    version: str
+    topic: str
+    start: datetime
+    end: datetime
+
+
+def backfill_range(session: Session, name: str) -> RunRange | None:
+    row = session.get(BackfillRunRow, name)
+    if row is None:
+        return None
+    end = row.time_to or row.started_at
+    return RunRange(row.name, row.model_version, row.topic, row.time_from, end)
+
+
+def _ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def backfill_comparison_rows(session: Session, run: RunRange) -> ComparisonRows:
+    """A backfill run against the live flags of the same records: those of the run's topic
+    whose Kafka timestamps fall in its range (the records it read). The run stored rows for
+    what it flags only, so a record only the live model flags has no run score (NaN)."""
+    newest_label = (
+        select(FeedbackRow.label)
+        .where(FeedbackRow.flagged_id == FlaggedRecordRow.id)
+        .order_by(FeedbackRow.created_at.desc(), FeedbackRow.id.desc())
+        .limit(1)
+        .correlate(FlaggedRecordRow)
+        .scalar_subquery()
+    )
+    live = session.execute(
+        select(
+            FlaggedRecordRow.partition,
+            FlaggedRecordRow.offset,
+            FlaggedRecordRow.kafka_timestamp,
+            FlaggedRecordRow.score,
+            FlaggedRecordRow.model_version,
+            newest_label,
+        ).where(
+            FlaggedRecordRow.topic == run.topic,
+            FlaggedRecordRow.kafka_timestamp >= _ms(run.start),
+            FlaggedRecordRow.kafka_timestamp < _ms(run.end),
+        )
+    ).all()
+    flagged = session.execute(
+        select(
+            ModelScoreRow.partition,
+            ModelScoreRow.offset,
+            ModelScoreRow.kafka_timestamp,
+            ModelScoreRow.score,
+        ).where(ModelScoreRow.run == run.name, ModelScoreRow.model_version == run.version)
+    ).all()
+    totals = session.execute(
+        select(
+            func.coalesce(func.sum(RunCountRow.scored), 0),
+            func.coalesce(func.sum(RunCountRow.flagged), 0),
+        ).where(RunCountRow.run == run.name, RunCountRow.model_version == run.version)
+    ).one()
+    true_alarm = FeedbackLabel.TRUE_ALARM.value
+    by_key = {(r[0], r[1], r[2]): r for r in live}
+    pairs = []
+    for partition, offset, timestamp, score in flagged:
+        match = by_key.pop((partition, offset, timestamp), None)
+        label = None if match is None or match[5] is None else match[5] == true_alarm
+        live_score = None if match is None else match[3]
+        pairs.append(StoredPair(score, live_score, True, match is not None, label))
+    for r in by_key.values():  # flagged by the live model only
+        label = None if r[5] is None else r[5] == true_alarm
+        pairs.append(StoredPair(float("nan"), r[3], False, True, label))
+    lives = Counter(r[4] for r in live)
+    live_version = lives.most_common(1)[0][0] if lives else None
+    return ComparisonRows(
+        shadow_version=run.version,
+        live_version=live_version,
+        scored=int(totals[0]),
+        flagged=int(totals[1]),
+        live_flagged=len(live),
+        pairs=pairs,
+        fprs=(_fpr(session, live_version), _fpr(session, run.version)),
     )
 
 

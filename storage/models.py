@@ -222,12 +222,16 @@ class ModelEventRow(Base):
     action: Mapped[str] = mapped_column(String(16))
     actor: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # 1, 2, ... per scope: a change is recorded as the one after the roles it was decided on,
+    # so of two changes decided on the same roles only the first is stored
+    seq: Mapped[int] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint(
             "action IN ('promote', 'shadow', 'unshadow', 'rollback', 'retire')", name="action"
         ),
         Index("ix_model_events_scope_id", "scope", "id"),
+        UniqueConstraint("scope", "seq"),
     )
 
 

@@ -8,11 +8,12 @@ before, and every change says who made it and when. Each function is one transac
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.errors import LatentwatchError
@@ -55,6 +56,9 @@ class Roles:
     lives: tuple[str, ...] = ()
     shadow: str | None = None
     retired: frozenset[str] = field(default_factory=frozenset)
+    # the sequence number of the last event replayed (0: none): a change decided on these
+    # roles is recorded as the next one, or refused if another change took that number
+    seq: int = field(default=0, compare=False, repr=False)
 
     @property
     def live(self) -> str | None:
@@ -147,23 +151,51 @@ def list_models(sessions: sessionmaker[Session]) -> list[RegisteredModel]:
         return [_model(r) for r in rows]
 
 
+def _event_rows(session: Session, scope: str) -> list[ModelEventRow]:
+    return list(
+        session.scalars(
+            select(ModelEventRow).where(ModelEventRow.scope == scope).order_by(ModelEventRow.seq)
+        )
+    )
+
+
 def events(sessions: sessionmaker[Session], scope: str) -> list[ModelEvent]:
     with sessions() as session:
-        rows = session.scalars(
-            select(ModelEventRow).where(ModelEventRow.scope == scope).order_by(ModelEventRow.id)
-        )
+        rows = _event_rows(session, scope)
         return [ModelEvent(r.scope, r.version, r.action, r.actor, r.at) for r in rows]
 
 
 def roles(sessions: sessionmaker[Session], scope: str) -> Roles:
-    return replay((e.action, e.version) for e in events(sessions, scope))
+    with sessions() as session:
+        rows = _event_rows(session, scope)
+        replayed = replay((r.action, r.version) for r in rows)
+        return replace(replayed, seq=rows[-1].seq if rows else 0)
 
 
-def record_event(sessions: sessionmaker[Session], event: ModelEvent) -> None:
+def record_event(
+    sessions: sessionmaker[Session], event: ModelEvent, decided_on: Roles | None = None
+) -> None:
+    """Record a change decided on the roles ``decided_on`` (None: on whatever the roles are
+    now). If another change was recorded since those roles were read, this one is refused:
+    two promotions at once cannot both win, the second one silently."""
     if event.action not in ACTIONS:
         raise ValueError(f"unknown registry action {event.action!r}: one of {', '.join(ACTIONS)}")
-    with sessions() as session, session.begin():
-        session.add(ModelEventRow(**event.__dict__))
+    try:
+        with sessions() as session, session.begin():
+            if decided_on is None:
+                last = session.scalar(
+                    select(func.max(ModelEventRow.seq)).where(ModelEventRow.scope == event.scope)
+                )
+                seq = (last or 0) + 1
+            else:
+                seq = decided_on.seq + 1
+            session.add(ModelEventRow(**event.__dict__, seq=seq))
+    except IntegrityError:
+        raise RegistryError(
+            f"the roles of {event.scope} changed while this {event.action} was being made "
+            "(another change at the same time): see `latentwatch models list` and run it "
+            "again if it is still wanted"
+        ) from None
 
 
 def assignment(

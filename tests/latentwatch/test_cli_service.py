@@ -399,7 +399,7 @@ def test_db_upgrade_prune_and_evaluate(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'lw.db'}"
     proc = run("db", "upgrade", "--db", url)
     assert proc.returncode == 0, proc.stderr
-    assert "is at schema revision 0004" in proc.stdout
+    assert "is at schema revision 0005" in proc.stdout
 
     now = datetime.now(UTC)
     engine = make_engine(url)

@@ -3,6 +3,8 @@ SQLite and PostgreSQL (unknown versions, models that do not fit, damaged directo
 
 from __future__ import annotations
 
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from lifecycle.store import DirectoryStore, local_path
 from storage import registry
 from storage.registry import RegistryError, replay
 from tests.support.cancer_model import Model
+from tests.support.lifecycle_models import recalibrated
 
 
 def test_replay_keeps_one_live_one_shadow_and_a_rollback_stack() -> None:
@@ -91,3 +94,45 @@ def test_refusals(
     with pytest.raises(RegistryError, match="cannot be loaded"):
         Registry(sessions, "u", "test").promote(a.version)
     assert reg.roles().live == a.version
+
+
+def test_two_promotions_at_once_cannot_both_win(
+    sessions: sessionmaker[Session], cancer_model: Model, loose_model: Model, tmp_path: Path
+) -> None:
+    """Two users promote different versions at the same moment: both decide on the same roles
+    (the barrier holds each one after its checks, just before it records the change); exactly
+    one promotion is recorded, the other is refused with one line and leaves no event."""
+    store = DirectoryStore(tmp_path / "store")
+    other = recalibrated(cancer_model, tmp_path, 0.05)
+    a, b, c = (
+        register_directory(sessions, store, m.path, actor="test")[0]
+        for m in (cancer_model, loose_model, other)
+    )
+    Registry(sessions, "orders", "test").promote(a.version)
+    both_decided = threading.Barrier(2, timeout=30)
+
+    def clock() -> datetime:  # called once a change is decided, just before it is recorded
+        both_decided.wait()
+        return datetime.now(UTC)
+
+    outcomes: dict[str, str] = {}
+
+    def promote(version: str) -> None:
+        try:
+            Registry(sessions, "orders", version, clock).promote(version)
+            outcomes[version] = "promoted"
+        except RegistryError as exc:
+            outcomes[version] = str(exc)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (b.version, c.version)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    winners = [v for v, outcome in outcomes.items() if outcome == "promoted"]
+    assert len(outcomes) == 2 and len(winners) == 1, outcomes
+    (loser,) = set(outcomes) - set(winners)
+    assert outcomes[loser].startswith("the roles of orders changed while this promote")
+    roles = registry.roles(sessions, "orders")
+    assert (roles.live, roles.previous) == (winners[0], a.version)
+    assert [e.actor for e in registry.events(sessions, "orders")] == ["test", winners[0]]
