@@ -270,7 +270,9 @@ def test_database_outage_loses_nothing(
         with thread_consumer(s) as consumer:
             # Ready only once start-up (schema, model version) is done and the group joined: an
             # outage before then is a start-up wait, not a write error.
-            wait_until(lambda: consumer.metric("latentwatch_ready") == 1, 30, "the consumer to start")
+            wait_until(
+                lambda: consumer.metric("latentwatch_ready") == 1, 30, "the consumer to start"
+            )
             lock = None
             if proxy is not None:
                 proxy.cut()
