@@ -30,22 +30,25 @@ def explain_record(det: Detector, record: dict[str, object]) -> Counterfactual:
 
 def assert_complete(det: Detector, record: dict[str, object], cf: Counterfactual) -> None:
     """The attributions add up to the score difference (1e-6 relative), the density and the
-    reconstruction parts each to theirs; the two scores are the detector's (up to float32
-    rounding of a forward pass in a batch of another size)."""
+    reconstruction parts each to theirs; the two scores are the detector's up to float32
+    rounding of a forward pass in a batch of another size, which is relative to the scores
+    themselves: a record already normal (no change, a difference of 0) scores a few 1e-7 apart
+    from its copy in the same batch on some CPUs' kernels."""
     scores = det.score_records([record, cf.normal])
     assert cf.score == pytest.approx(float(scores.score[0]), rel=1e-5)
     assert cf.normal_score == pytest.approx(float(scores.score[1]), rel=1e-5, abs=1e-4)
     diff = cf.score - cf.normal_score
     assert abs(cf.attributions.sum() - diff) <= REL * abs(diff)
-    assert abs(cf.attributions.sum() - float(scores.score[0] - scores.score[1])) <= 1e-5 * abs(diff)
+    rounding = 1e-5 * (abs(diff) + abs(float(scores.score[0])))
+    assert abs(cf.attributions.sum() - float(scores.score[0] - scores.score[1])) <= rounding
     d_diff = float(scores.density[0] - scores.density[1])
     r_diff = float(scores.reconstruction[0] - scores.reconstruction[1])
     parts = cf.density_attributions.sum() + cf.reconstruction_attributions.sum()
     assert abs(parts - diff) <= REL * abs(diff)
-    assert cf.density_attributions.sum() == pytest.approx(d_diff, rel=1e-5, abs=1e-5 * abs(diff))
-    assert cf.reconstruction_attributions.sum() == pytest.approx(
-        r_diff, rel=1e-5, abs=1e-5 * abs(diff)
-    )
+    d_rounding = 1e-5 * (abs(diff) + abs(float(scores.density[0])))
+    r_rounding = 1e-5 * (abs(diff) + abs(float(scores.reconstruction[0])))
+    assert abs(cf.density_attributions.sum() - d_diff) <= d_rounding
+    assert abs(cf.reconstruction_attributions.sum() - r_diff) <= r_rounding
 
 
 def test_out_of_range_number_is_restored_and_explained(numeric_variant: Variant) -> None:
