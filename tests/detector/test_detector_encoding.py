@@ -13,6 +13,7 @@ from detector.encoding import (
     decode_field,
     encode_columns,
     encode_records,
+    records_to_columns,
 )
 from detector.errors import DataError
 from detector.schema import FieldKind, Schema, SchemaOptions, infer_schema
@@ -144,6 +145,52 @@ def test_records_encode_like_the_numeric_columns_the_typed_decoder_gives() -> No
     assert np.array_equal(batch.missing, columns.missing)
     assert batch.reasons == columns.reasons
     assert batch.missing[0, schema.names.index("z")]
+
+
+_UNUSUAL_RECORDS: list[object] = [
+    {"x": "1.5", "y": 1, "c": "a", "z": 1.0},  # a numeric string
+    {"x": True, "y": 1, "c": "a", "z": 1.0},  # a boolean where a number belongs
+    {"y": 1, "c": "a", "z": 1.0},  # a field absent
+    {"x": 2**2000, "y": 1, "c": "a", "z": 1.0},  # beyond float64
+    "not a record",
+]
+
+
+@pytest.mark.parametrize("fields", [("x", "y", "z"), ("x", "y", "c", "z")])
+@pytest.mark.parametrize("unusual", [None, *_UNUSUAL_RECORDS])
+def test_records_encode_as_their_fields_listed_one_by_one(
+    fields: tuple[str, ...], unusual: object
+) -> None:
+    """Numeric fields are read from one row-major block when every record is a dict holding
+    numbers or nulls in all of them; the encoding must be, value for value, that of the lists
+    of each field's values, and a batch with one record the block cannot take must come out as
+    the lists give it (reasons included)."""
+    records: list[dict[str, object]] = [{k: r[k] for k in fields} for r in _clean_records(30)]
+    schema = _schema(**{n: [r[n] for r in records] for n in fields})
+    edge_values = [math.nan, math.inf, -math.inf, 2**60, -0.0, None, 0, 1e300]
+    for i, value in enumerate(edge_values):
+        records[i]["x"] = value
+        records[i + 10]["z"] = value
+    batch_records: list[object] = list(records)
+    if unusual is not None:
+        batch_records[20] = unusual
+    listed = {
+        n: [r.get(n) if isinstance(r, dict) else None for r in batch_records] for n in schema.names
+    }
+    reasons: list[str | None] = [
+        None if isinstance(r, dict) else "record must be an object, got string"
+        for r in batch_records
+    ]
+    expected = encode_columns(schema, listed, len(batch_records), reasons)
+    batch = encode_records(schema, batch_records)
+    assert isinstance(records_to_columns(schema, batch_records)[0]["x"], np.ndarray) is (
+        unusual is None
+    )
+    assert np.array_equal(batch.matrix, expected.matrix)
+    assert np.array_equal(batch.missing, expected.missing)
+    assert np.array_equal(batch.valid, expected.valid)
+    assert batch.reasons == expected.reasons
+    assert batch.missing[:3, schema.names.index("x")].all()  # nan and infinities are missing
 
 
 @pytest.mark.parametrize(
