@@ -193,16 +193,7 @@ def test_records_encode_as_their_fields_listed_one_by_one(
     assert batch.missing[:3, schema.names.index("x")].all()  # nan and infinities are missing
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        {"x": "1.5", "y": 1, "c": "a", "z": 1.0},  # a numeric string
-        {"x": True, "y": 1, "c": "a", "z": 1.0},  # a boolean where a number belongs
-        {"y": 1, "c": "a", "z": 1.0},  # a field absent
-        {"x": 2**2000, "y": 1, "c": "a", "z": 1.0},  # beyond float64
-        "not a record",
-    ],
-)
+@pytest.mark.parametrize("bad", _UNUSUAL_RECORDS)
 def test_an_unusual_record_leaves_the_others_encoded_as_without_it(bad: object) -> None:
     records: list[object] = list(_clean_records(20))
     schema = _schema(**{n: [r[n] for r in records] for n in ("x", "y", "c", "z")})  # type: ignore[index]
